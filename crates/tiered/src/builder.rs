@@ -1,0 +1,201 @@
+//! [`CacheBuilder`]: configuration, checked once at [`build`](CacheBuilder::build).
+
+use std::sync::Arc;
+
+use crate::cache::{Cache, Inner, Weigher};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::filter::BloomFilter;
+use crate::invalidate::Invalidations;
+use crate::key::validate_namespace;
+use crate::l1::L1;
+use crate::load::flight::Flights;
+use crate::options::Options;
+use crate::stats::Recorder;
+use crate::topk::TopKeys;
+use crate::Value;
+
+/// The default L1 budget: 64 MiB.
+pub const DEFAULT_L1_BYTES: u64 = 64 << 20;
+
+/// Builds a [`Cache`]. Start with [`Cache::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tiered::Cache;
+///
+/// let cache: Cache<String> = Cache::builder("profiles")
+///     .l1_max_bytes(16 << 20)
+///     .ttl(Duration::from_secs(300))
+///     .grace(Duration::from_secs(3600))
+///     .eager_refresh(0.8)
+///     .build()?;
+/// # Ok::<(), tiered::Error>(())
+/// ```
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct CacheBuilder<V> {
+    namespace: String,
+    clock: Arc<dyn Clock>,
+    l1_max_bytes: u64,
+    weigher: Option<Weigher<V>>,
+    defaults: Options,
+    filter: Option<Arc<BloomFilter>>,
+    top_keys: usize,
+    top_keys_sample: u32,
+}
+
+impl<V: Value> CacheBuilder<V> {
+    pub(crate) fn new(namespace: String) -> Self {
+        CacheBuilder {
+            namespace,
+            clock: Arc::new(SystemClock),
+            l1_max_bytes: DEFAULT_L1_BYTES,
+            weigher: None,
+            defaults: Options::default(),
+            filter: None,
+            top_keys: 32,
+            top_keys_sample: 8,
+        }
+    }
+
+    /// The clock (default: [`SystemClock`]); tests pass a [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The L1 byte budget (default [`DEFAULT_L1_BYTES`]). Must be non-zero.
+    pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
+        self.l1_max_bytes = bytes;
+        self
+    }
+
+    /// How to weigh a value for the budget (default: its encoded size in the
+    /// compact binary format, `postcard`). The key's length is always added.
+    pub fn weigher(mut self, weigher: impl Fn(&str, &V) -> u64 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// Replaces all default options at once.
+    pub fn default_options(mut self, options: Options) -> Self {
+        self.defaults = options;
+        self
+    }
+
+    /// Default TTL. See [`Options::ttl`].
+    pub fn ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.defaults = self.defaults.ttl(ttl);
+        self
+    }
+
+    /// Default TTL jitter. See [`Options::ttl_jitter`].
+    pub fn ttl_jitter(mut self, jitter: std::time::Duration) -> Self {
+        self.defaults = self.defaults.ttl_jitter(jitter);
+        self
+    }
+
+    /// Default grace (fail-safe window). See [`Options::grace`].
+    pub fn grace(mut self, grace: std::time::Duration) -> Self {
+        self.defaults = self.defaults.grace(grace);
+        self
+    }
+
+    /// Default fail-safe back-off. See [`Options::failsafe_backoff`].
+    pub fn failsafe_backoff(mut self, backoff: std::time::Duration) -> Self {
+        self.defaults = self.defaults.failsafe_backoff(backoff);
+        self
+    }
+
+    /// Default eager refresh point. See [`Options::eager_refresh`].
+    pub fn eager_refresh(mut self, fraction: f64) -> Self {
+        self.defaults = self.defaults.eager_refresh(fraction);
+        self
+    }
+
+    /// Default XFetch β. See [`Options::xfetch`].
+    pub fn xfetch(mut self, beta: f64) -> Self {
+        self.defaults = self.defaults.xfetch(beta);
+        self
+    }
+
+    /// Default loader soft timeout. See [`Options::soft_timeout`].
+    pub fn soft_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.defaults = self.defaults.soft_timeout(timeout);
+        self
+    }
+
+    /// Default loader hard timeout. See [`Options::hard_timeout`].
+    pub fn hard_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.defaults = self.defaults.hard_timeout(timeout);
+        self
+    }
+
+    /// Default negative-caching TTL. See [`Options::negative_ttl`].
+    pub fn negative_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.defaults = self.defaults.negative_ttl(ttl);
+        self
+    }
+
+    /// Default adaptive TTL. See [`Options::adaptive_ttl`].
+    pub fn adaptive_ttl(mut self, adaptive: crate::AdaptiveTtl) -> Self {
+        self.defaults = self.defaults.adaptive_ttl(adaptive);
+        self
+    }
+
+    /// An existence filter the caller fills with the keys that exist; a miss on
+    /// a key it has never seen returns "absent" without calling the loader.
+    pub fn existence_filter(mut self, filter: Arc<BloomFilter>) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Track the `capacity` hottest keys (default 32; 0 disables), feeding the
+    /// sketch one request in `sample_every` per thread (default 8). See
+    /// [`Cache::top_keys`].
+    pub fn top_keys(mut self, capacity: usize, sample_every: u32) -> Self {
+        self.top_keys = capacity;
+        self.top_keys_sample = sample_every;
+        self
+    }
+
+    /// Builds the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an empty or too long namespace, a zero byte
+    /// budget, a zero top-keys sampling rate; [`Error::InvalidOption`] for default
+    /// options out of range.
+    pub fn build(self) -> Result<Cache<V>> {
+        validate_namespace(&self.namespace)?;
+        if self.l1_max_bytes == 0 {
+            return Err(Error::InvalidConfig("l1_max_bytes must be non-zero".into()));
+        }
+        if self.top_keys_sample == 0 {
+            return Err(Error::InvalidConfig("top_keys sample_every must be >= 1".into()));
+        }
+        self.defaults.validate()?;
+        let weigher = self.weigher.unwrap_or_else(|| Arc::new(encoded_size::<V>));
+        Ok(Cache::from_inner(Inner {
+            recorder: Recorder::new(&self.namespace),
+            namespace: Arc::from(self.namespace),
+            clock: self.clock,
+            l1: L1::new(self.l1_max_bytes),
+            defaults: self.defaults,
+            weigher,
+            filter: self.filter,
+            invalidations: Invalidations::new(),
+            flights: Flights::new(),
+            top: TopKeys::new(self.top_keys, self.top_keys_sample),
+        }))
+    }
+}
+
+/// The default weigher: the value's size in the compact binary encoding. A value
+/// that cannot be encoded (a serializer error) weighs its in-memory size.
+fn encoded_size<V: Value>(_key: &str, value: &V) -> u64 {
+    match postcard::experimental::serialized_size(value) {
+        Ok(n) => n as u64,
+        Err(_) => std::mem::size_of::<V>() as u64,
+    }
+}

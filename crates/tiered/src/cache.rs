@@ -1,0 +1,707 @@
+//! [`Cache`]: the public facade.
+//!
+//! Reading order for a newcomer: [`Cache::get_or_load`] → `lookup` (what L1 says
+//! about a key) → [`crate::load::flight`] (joining or starting a load) →
+//! [`crate::load`] (the load task) → [`crate::load::failsafe`] (stale fallback).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::builder::CacheBuilder;
+use crate::clock::{Clock, Timestamp};
+use crate::entry::{Entry, Freshness};
+use crate::error::{BoxError, Error, Result};
+use crate::filter::BloomFilter;
+use crate::invalidate::{self, Invalidations, TagId};
+use crate::key::validate_key;
+use crate::l1::L1;
+use crate::load::flight::{Flights, Joined, Ticket};
+use crate::load::{Job, Loaded, LoaderCall};
+use crate::options::{validate_tag, Options};
+use crate::stats::{Recorder, Stats};
+use crate::topk::{HotKey, TopKeys};
+use crate::Value;
+
+/// Weighs a value for the L1 byte budget.
+pub(crate) type Weigher<V> = Arc<dyn Fn(&str, &V) -> u64 + Send + Sync>;
+
+/// A typed, multi-tier cache. Cheap to clone: clones share the same cache.
+///
+/// Build one with [`Cache::builder`]. Values are stored decoded behind an `Arc`:
+/// reads return `Arc<V>`, and an L1 hit never deserializes or copies.
+///
+/// # Concurrency
+///
+/// Every method takes `&self` and may be called from many tasks at once. Loads
+/// are single-flight per key: concurrent callers of a missing key share one loader
+/// call.
+///
+/// # Cancellation
+///
+/// Dropping a loading call's future stops that caller waiting; the load itself
+/// goes on (other callers may be waiting on it) and stores its result.
+pub struct Cache<V> {
+    inner: Arc<Inner<V>>,
+}
+
+impl<V> Clone for Cache<V> {
+    fn clone(&self) -> Self {
+        Cache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<V> std::fmt::Debug for Cache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shared state behind a [`Cache`].
+pub(crate) struct Inner<V> {
+    pub namespace: Arc<str>,
+    pub clock: Arc<dyn Clock>,
+    pub l1: L1<V>,
+    pub defaults: Options,
+    pub weigher: Weigher<V>,
+    pub filter: Option<Arc<BloomFilter>>,
+    pub invalidations: Invalidations,
+    pub flights: Flights<V>,
+    pub recorder: Recorder,
+    pub top: TopKeys,
+}
+
+/// What L1 says about a key.
+enum Lookup<V> {
+    /// Fresh: serve.
+    Hit(Arc<Entry<V>>),
+    /// Fresh but due for a background refresh: serve, and refresh.
+    RefreshAhead(Arc<Entry<V>>),
+    /// Past fresh, within grace: a fallback for a load, or served as is while the
+    /// key backs off after a failure.
+    Stale(Arc<Entry<V>>),
+    /// Nothing usable.
+    Miss,
+}
+
+/// Progress of [`Cache::warm`], reported after each key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmProgress {
+    /// Keys finished so far.
+    pub done: usize,
+    /// Keys in total.
+    pub total: usize,
+    /// Keys loaded (present or absent).
+    pub loaded: usize,
+    /// Keys already fresh in the cache (not loaded again).
+    pub skipped: usize,
+    /// Keys whose load failed.
+    pub failed: usize,
+}
+
+/// The result of [`Cache::warm`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct WarmReport {
+    /// The final counts.
+    pub progress: WarmProgress,
+    /// The keys that failed, with their errors.
+    pub errors: Vec<(String, Error)>,
+}
+
+impl<V: Value> Cache<V> {
+    /// Starts building a cache whose keys live in `namespace`.
+    ///
+    /// ```
+    /// let cache = tiered::Cache::<String>::builder("users").build().unwrap();
+    /// # drop(cache);
+    /// ```
+    pub fn builder(namespace: impl Into<String>) -> CacheBuilder<V> {
+        CacheBuilder::new(namespace.into())
+    }
+
+    pub(crate) fn from_inner(inner: Inner<V>) -> Self {
+        Cache {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The cache's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// A copy of the default options, to change for one call.
+    pub fn options(&self) -> Options {
+        self.inner.defaults.clone()
+    }
+
+    /// The fresh value at `key`, if any. Never loads; a stale value is not returned.
+    /// `Ok(None)` also for a cached "absent".
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`].
+    pub async fn get(&self, key: &str) -> Result<Option<Arc<V>>> {
+        validate_key(key)?;
+        let inner = &self.inner;
+        inner.top.record(key);
+        match inner.lookup(key, inner.clock.now()) {
+            Lookup::Hit(entry) | Lookup::RefreshAhead(entry) => Ok(inner.hit(&entry)),
+            Lookup::Stale(_) | Lookup::Miss => {
+                inner.recorder.miss();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether a fresh value (not a cached "absent") is at `key`. Does not count as
+    /// a request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`].
+    pub fn contains(&self, key: &str) -> Result<bool> {
+        validate_key(key)?;
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        Ok(inner.l1.peek(key).is_some_and(|e| {
+            e.value.is_some()
+                && inner.invalidations.is_valid(&e)
+                && matches!(e.freshness(now), Freshness::Fresh | Freshness::RefreshAhead)
+        }))
+    }
+
+    /// Cache-aside / read-through with the default options: the value at `key`,
+    /// loading it with `loader` on a miss. See [`get_or_load_with`](Self::get_or_load_with).
+    ///
+    /// # Errors
+    ///
+    /// See [`get_or_load_with`](Self::get_or_load_with).
+    pub async fn get_or_load<F, Fut, E>(&self, key: &str, loader: F) -> Result<Option<Arc<V>>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let opts = Arc::new(self.inner.defaults.clone());
+        self.inner.get_or_load(key, opts, loader).await
+    }
+
+    /// The value at `key`, loading it with `loader` on a miss, with `opts`.
+    ///
+    /// The loader returns `Ok(Some(v))` for a value, `Ok(None)` for "no such
+    /// thing" (cached for `negative_ttl` if set) or an error. Concurrent calls for
+    /// the same key share one loader call. A fresh hit past the eager-refresh point
+    /// (or chosen by XFetch) returns at once and refreshes in the background with
+    /// this call's loader. If the load fails and a stale value is within its grace
+    /// window, the stale value is returned instead of the error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] / [`Error::InvalidOption`] before anything happens;
+    /// [`Error::Loader`], [`Error::LoaderPanicked`], [`Error::Timeout`] when the
+    /// load failed and there was no stale value; [`Error::NoRuntime`] outside tokio.
+    pub async fn get_or_load_with<F, Fut, E>(&self, key: &str, opts: &Options, loader: F) -> Result<Option<Arc<V>>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        opts.validate()?;
+        self.inner.get_or_load(key, Arc::new(opts.clone()), loader).await
+    }
+
+    /// Batch read-through with the default options. See
+    /// [`get_many_or_load_with`](Self::get_many_or_load_with).
+    ///
+    /// # Errors
+    ///
+    /// See [`get_many_or_load_with`](Self::get_many_or_load_with).
+    pub async fn get_many_or_load<K, F, Fut, E>(&self, keys: &[K], loader: F) -> Result<HashMap<String, Arc<V>>>
+    where
+        K: AsRef<str>,
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<HashMap<String, V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let opts = self.inner.defaults.clone();
+        self.get_many_or_load_with(keys, &opts, loader).await
+    }
+
+    /// The values at `keys`, loading every key that missed with **one** loader
+    /// call. The loader gets the missed keys and returns the values it found; a
+    /// key it leaves out is "absent". Keys already being loaded by other calls are
+    /// waited on, not loaded again. The result holds the keys that have a value.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_load_with`](Self::get_or_load_with); a load error is returned
+    /// only if some key has no stale value to fall back on.
+    pub async fn get_many_or_load_with<K, F, Fut, E>(
+        &self,
+        keys: &[K],
+        opts: &Options,
+        loader: F,
+    ) -> Result<HashMap<String, Arc<V>>>
+    where
+        K: AsRef<str>,
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<HashMap<String, V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        opts.validate()?;
+        for key in keys {
+            validate_key(key.as_ref())?;
+        }
+        self.inner.get_many_or_load(keys, Arc::new(opts.clone()), loader).await
+    }
+
+    /// Stores `value` at `key` with the default options. See [`set_with`](Self::set_with).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`].
+    pub fn set(&self, key: &str, value: V) -> Result<()> {
+        let opts = self.inner.defaults.clone();
+        self.set_with(key, value, &opts)
+    }
+
+    /// Stores `value` at `key`. A load of `key` already running will not overwrite
+    /// it; entries that depend on `key` are invalidated; the key is added to the
+    /// existence filter, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] / [`Error::InvalidOption`]; nothing is changed.
+    pub fn set_with(&self, key: &str, value: V, opts: &Options) -> Result<()> {
+        validate_key(key)?;
+        opts.validate()?;
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        inner.invalidations.declare_dependencies(&opts.depends_on, now);
+        let born = inner.invalidations.current();
+        let entry = inner.build_entry(key, Some(Arc::new(value)), opts, born, now, Duration::ZERO);
+        {
+            let mut registry = inner.flights.lock();
+            registry.fence(key);
+            if let Some(entry) = entry {
+                inner.store(Arc::from(key), entry, now);
+            }
+        }
+        inner.invalidations.key_changed(key, now);
+        if let Some(filter) = &inner.filter {
+            filter.insert(key);
+        }
+        Ok(())
+    }
+
+    /// Removes `key`. A load of `key` already running will not store its result;
+    /// entries that depend on `key` are invalidated. Returns whether an entry was
+    /// removed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`].
+    pub fn remove(&self, key: &str) -> Result<bool> {
+        validate_key(key)?;
+        let inner = &self.inner;
+        let removed = {
+            let mut registry = inner.flights.lock();
+            registry.fence(key);
+            inner.l1.remove(key).is_some()
+        };
+        inner.invalidations.key_changed(key, inner.clock.now());
+        Ok(removed)
+    }
+
+    /// Drops every entry carrying `tag`, in O(1): the entries are discarded when
+    /// next read, and loads already running for tagged keys will not store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for an empty or too long tag.
+    pub fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        validate_tag(tag)?;
+        let tags: [TagId; 1] = [invalidate::user_tag(tag)];
+        self.inner.invalidations.invalidate(&tags, self.inner.clock.now());
+        Ok(())
+    }
+
+    /// Removes every entry. Loads already running will not store their results.
+    pub fn clear(&self) {
+        let inner = &self.inner;
+        let mut registry = inner.flights.lock();
+        inner.invalidations.clear();
+        registry.fence_all();
+        inner.l1.clear();
+    }
+
+    /// A snapshot of the counters (see [`Stats`]).
+    pub fn stats(&self) -> Stats {
+        let l1 = &self.inner.l1;
+        self.inner.recorder.snapshot(l1.len(), l1.weighted_size())
+    }
+
+    /// The `n` most requested keys (estimated; see
+    /// [`CacheBuilder::top_keys`]).
+    pub fn top_keys(&self, n: usize) -> Vec<HotKey> {
+        self.inner.top.top(n)
+    }
+
+    /// Loads in flight right now (for diagnostics and tests).
+    pub fn loads_in_flight(&self) -> usize {
+        self.inner.flights.in_flight()
+    }
+
+    /// The heaviest entry L1 can hold (a share of the budget; see [`crate::l1`]).
+    pub fn max_entry_weight(&self) -> u64 {
+        self.inner.l1.max_entry_weight()
+    }
+
+    /// Loads `keys` into the cache, at most `concurrency` at a time, calling
+    /// `progress` after each key. Keys already fresh are skipped. Each key goes
+    /// through [`get_or_load`](Self::get_or_load) (single-flight, fail-safe).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] if `concurrency` is 0. Per-key failures do not
+    /// stop the warm-up; they are in the report.
+    pub async fn warm<I, F, Fut, E>(
+        &self,
+        keys: I,
+        concurrency: usize,
+        loader: F,
+        mut progress: impl FnMut(WarmProgress),
+    ) -> Result<WarmReport>
+    where
+        I: IntoIterator<Item = String>,
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        use futures_util::stream::{self, StreamExt};
+
+        if concurrency == 0 {
+            return Err(Error::option("concurrency", "must be at least 1"));
+        }
+        let keys: Vec<String> = keys.into_iter().collect();
+        let loader = Arc::new(loader);
+        let mut report = WarmReport {
+            progress: WarmProgress {
+                total: keys.len(),
+                ..WarmProgress::default()
+            },
+            errors: Vec::new(),
+        };
+        let mut results = stream::iter(keys)
+            .map(|key| {
+                let loader = Arc::clone(&loader);
+                async move {
+                    if matches!(self.contains(&key), Ok(true)) {
+                        return (key, Ok(false));
+                    }
+                    let k = key.clone();
+                    let loaded = self.get_or_load(&key, move || loader(k)).await;
+                    (key, loaded.map(|_| true))
+                }
+            })
+            .buffer_unordered(concurrency);
+        while let Some((key, result)) = results.next().await {
+            let p = &mut report.progress;
+            p.done += 1;
+            match result {
+                Ok(true) => p.loaded += 1,
+                Ok(false) => p.skipped += 1,
+                Err(e) => {
+                    p.failed += 1;
+                    report.errors.push((key, e));
+                }
+            }
+            progress(report.progress);
+        }
+        Ok(report)
+    }
+}
+
+impl<V: Value> Inner<V> {
+    /// What L1 says about `key` at `now`. Drops entries that were invalidated.
+    fn lookup(&self, key: &str, now: Timestamp) -> Lookup<V> {
+        let Some(entry) = self.l1.get(key) else {
+            return Lookup::Miss;
+        };
+        if !self.invalidations.is_valid(&entry) {
+            self.l1.remove_entry(key, &entry);
+            return Lookup::Miss;
+        }
+        match entry.freshness(now) {
+            Freshness::Fresh => Lookup::Hit(entry),
+            Freshness::RefreshAhead => Lookup::RefreshAhead(entry),
+            Freshness::Stale => Lookup::Stale(entry),
+            Freshness::Gone => Lookup::Miss,
+        }
+    }
+
+    /// Counts a fresh hit and returns its value.
+    fn hit(&self, entry: &Entry<V>) -> Option<Arc<V>> {
+        entry.record_hit();
+        self.recorder.hit(entry.value.is_none());
+        entry.value.clone()
+    }
+
+    /// Stores an entry in L1 and counts the evictions it caused.
+    pub(crate) fn store(&self, key: Arc<str>, entry: Entry<V>, now: Timestamp) {
+        let inserted = self.l1.insert(key, Arc::new(entry), now);
+        self.recorder.evicted(inserted.evicted);
+    }
+
+    /// The tags an entry stored with `opts` carries: its own tags, a tag per
+    /// dependency, and the dependency tags of its dependencies' entries.
+    pub(crate) fn entry_tags(&self, opts: &Options) -> Box<[TagId]> {
+        let mut tags: Vec<TagId> = opts.tags.iter().map(|t| invalidate::user_tag(t)).collect();
+        for dep in &opts.depends_on {
+            tags.push(invalidate::dependency_tag(dep));
+            if let Some(parent) = self.l1.peek(dep) {
+                tags.extend(Invalidations::inherited(&parent).cloned());
+            }
+        }
+        tags.sort_unstable();
+        tags.dedup();
+        tags.into_boxed_slice()
+    }
+
+    async fn get_or_load<F, Fut, E>(self: &Arc<Self>, key: &str, opts: Arc<Options>, loader: F) -> Result<Option<Arc<V>>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        validate_key(key)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        self.top.record(key);
+        let now = self.clock.now();
+        let stale = match self.lookup(key, now) {
+            Lookup::Hit(entry) => return Ok(self.hit(&entry)),
+            Lookup::RefreshAhead(entry) => {
+                let value = self.hit(&entry);
+                if !entry.backing_off(now) {
+                    self.refresh_in_background(&runtime, key, entry, opts, loader);
+                }
+                return Ok(value);
+            }
+            Lookup::Stale(entry) if entry.backing_off(now) => {
+                self.recorder.miss();
+                self.recorder.stale();
+                return Ok(entry.value.clone());
+            }
+            Lookup::Stale(entry) => Some(entry),
+            Lookup::Miss => None,
+        };
+        self.recorder.miss();
+        if stale.is_none() && self.filtered_out(key) {
+            return Ok(None);
+        }
+
+        let key: Arc<str> = Arc::from(key);
+        let joined = self.flights.lock().join(&key, || self.recheck(&key));
+        let ticket = match joined {
+            Joined::Found(value) => return Ok(value),
+            Joined::Wait(ticket) => {
+                self.recorder.coalesced();
+                ticket
+            }
+            Joined::Lead(flight, ticket) => {
+                let soft = opts.soft_timeout;
+                let job = Job {
+                    key: Arc::clone(&key),
+                    flight,
+                    previous: stale.clone(),
+                };
+                self.spawn_load(&runtime, vec![job], opts, false, single_call(&key, loader));
+                return self.await_load(ticket, stale, soft).await;
+            }
+        };
+        self.await_load(ticket, stale, opts.soft_timeout).await
+    }
+
+    async fn get_many_or_load<K, F, Fut, E>(
+        self: &Arc<Self>,
+        keys: &[K],
+        opts: Arc<Options>,
+        loader: F,
+    ) -> Result<HashMap<String, Arc<V>>>
+    where
+        K: AsRef<str>,
+        F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<HashMap<String, V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let now = self.clock.now();
+        let mut found = HashMap::new();
+        let mut missing: Vec<(Arc<str>, Option<Arc<Entry<V>>>)> = Vec::new();
+        for key in keys {
+            let key = key.as_ref();
+            if found.contains_key(key) || missing.iter().any(|(k, _)| &**k == key) {
+                continue; // duplicates are answered once
+            }
+            self.top.record(key);
+            match self.lookup(key, now) {
+                Lookup::Hit(entry) | Lookup::RefreshAhead(entry) => {
+                    if let Some(value) = self.hit(&entry) {
+                        found.insert(key.to_owned(), value);
+                    }
+                }
+                Lookup::Stale(entry) if entry.backing_off(now) => {
+                    self.recorder.miss();
+                    self.recorder.stale();
+                    if let Some(value) = entry.value.clone() {
+                        found.insert(key.to_owned(), value);
+                    }
+                }
+                Lookup::Stale(entry) => {
+                    self.recorder.miss();
+                    missing.push((Arc::from(key), Some(entry)));
+                }
+                Lookup::Miss => {
+                    self.recorder.miss();
+                    if !self.filtered_out(key) {
+                        missing.push((Arc::from(key), None));
+                    }
+                }
+            }
+        }
+
+        // Join running flights, lead the rest — all under one lock, so the set of
+        // keys this call loads is decided atomically.
+        let mut waits: Vec<(Arc<str>, Ticket<V>, Option<Arc<Entry<V>>>)> = Vec::new();
+        let mut jobs = Vec::new();
+        {
+            let mut registry = self.flights.lock();
+            for (key, stale) in missing {
+                match registry.join(&key, || self.recheck(&key)) {
+                    Joined::Found(Some(value)) => {
+                        found.insert(key.to_string(), value);
+                    }
+                    Joined::Found(None) => {}
+                    Joined::Wait(ticket) => {
+                        self.recorder.coalesced();
+                        waits.push((key, ticket, stale));
+                    }
+                    Joined::Lead(flight, ticket) => {
+                        jobs.push(Job {
+                            key: Arc::clone(&key),
+                            flight,
+                            previous: stale.clone(),
+                        });
+                        waits.push((key, ticket, stale));
+                    }
+                }
+            }
+        }
+        if !jobs.is_empty() {
+            let requested: Vec<String> = jobs.iter().map(|j| j.key.to_string()).collect();
+            let call: LoaderCall<V> = Box::new(move || {
+                let fut = loader(requested);
+                Box::pin(async move { fut.await.map_err(Into::into) })
+            });
+            self.spawn_load(&runtime, jobs, Arc::clone(&opts), false, call);
+        }
+        for (key, ticket, stale) in waits {
+            if let Some(value) = self.await_load(ticket, stale, opts.soft_timeout).await? {
+                found.insert(key.to_string(), value);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Under the flight lock, after finding no flight: did a load just finish?
+    /// `Some` carries the value to return (`Some(None)`: a cached "absent").
+    fn recheck(&self, key: &str) -> Option<Option<Arc<V>>> {
+        match self.lookup(key, self.clock.now()) {
+            Lookup::Hit(entry) | Lookup::RefreshAhead(entry) => Some(entry.value.clone()),
+            _ => None,
+        }
+    }
+
+    /// The existence filter says `key` certainly does not exist.
+    fn filtered_out(&self, key: &str) -> bool {
+        match &self.filter {
+            Some(filter) if !filter.might_contain(key) => {
+                self.recorder.filtered();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts one background refresh of `key` unless a load is already running.
+    fn refresh_in_background<F, Fut, E>(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        key: &str,
+        entry: Arc<Entry<V>>,
+        opts: Arc<Options>,
+        loader: F,
+    ) where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let key: Arc<str> = Arc::from(key);
+        let Some(flight) = self.flights.lock().start_if_idle(&key) else {
+            return;
+        };
+        let job = Job {
+            key: Arc::clone(&key),
+            flight,
+            previous: Some(entry),
+        };
+        self.spawn_load(runtime, vec![job], opts, true, single_call(&key, loader));
+    }
+
+    fn spawn_load(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        jobs: Vec<Job<V>>,
+        opts: Arc<Options>,
+        refresh: bool,
+        call: LoaderCall<V>,
+    ) {
+        // Dependencies are declared before the stamp is read, so that a removal of
+        // a dependency while the loader runs fences this load out.
+        let now = self.clock.now();
+        self.invalidations.declare_dependencies(&opts.depends_on, now);
+        let born = self.invalidations.current();
+        let inner = Arc::clone(self);
+        runtime.spawn(inner.run_load(jobs, opts, born, refresh, call));
+    }
+}
+
+/// Adapts a single-key loader to the batch shape the load task runs.
+fn single_call<V, F, Fut, E>(key: &Arc<str>, loader: F) -> LoaderCall<V>
+where
+    V: Value,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    let key = key.to_string();
+    Box::new(move || {
+        let fut = loader();
+        Box::pin(async move {
+            let value = fut.await.map_err(Into::into)?;
+            let mut loaded = Loaded::new();
+            if let Some(value) = value {
+                loaded.insert(key, value);
+            }
+            Ok(loaded)
+        })
+    })
+}

@@ -1,0 +1,108 @@
+//! A cached entry: the value (or a cached "absent") plus the metadata that decides
+//! when it is fresh, when it should be refreshed, and how long it may be served
+//! stale.
+//!
+//! The L2 tier (a later addition) stores the same metadata in a versioned envelope;
+//! in L1 the value stays decoded behind an `Arc`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::invalidate::TagId;
+use crate::options::AdaptiveTtl;
+
+/// How an entry reads at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Fresh, before the refresh-ahead point.
+    Fresh,
+    /// Fresh, past the refresh-ahead point: serve and refresh in the background.
+    RefreshAhead,
+    /// Past fresh, within grace: serve only as a fail-safe fallback.
+    Stale,
+    /// Past grace: as good as absent.
+    Gone,
+}
+
+pub(crate) struct Entry<V> {
+    /// `None` is a cached "absent" (negative caching).
+    pub value: Option<Arc<V>>,
+    /// The invalidation stamp read when the load that produced this entry began;
+    /// see [`crate::invalidate`] for how it fences out invalidated data.
+    pub born: u64,
+    pub refresh_at: Timestamp,
+    pub fresh_until: Timestamp,
+    pub stale_until: Timestamp,
+    /// The TTL this entry was given (before jitter), for adaptive TTL.
+    pub ttl: Duration,
+    /// How long the load that produced it took (the XFetch delta).
+    pub load_duration: Duration,
+    pub xfetch_beta: Option<f64>,
+    /// User tags and dependency tags (including transitive dependencies).
+    pub tags: Box<[TagId]>,
+    /// Bytes charged to the L1 budget (value weight plus key length).
+    pub weight: u64,
+    /// The adaptive-TTL rule the entry was stored with; hits are only counted
+    /// when it is set (a shared counter is a contended write on hot keys).
+    pub adaptive: Option<AdaptiveTtl>,
+    /// Hits while fresh, for adaptive TTL.
+    pub hits: AtomicU64,
+    /// Don't start another load for this key before this time (nanos): set after
+    /// a failed load (fail-safe back-off) or a failed background refresh.
+    pub retry_after: AtomicU64,
+    /// The highest tag-invalidation stamp this entry was checked against and found
+    /// valid; saves re-checking its tags on every hit.
+    pub validated_through: AtomicU64,
+}
+
+impl<V> Entry<V> {
+    pub(crate) fn freshness(&self, now: Timestamp) -> Freshness {
+        if now >= self.stale_until {
+            Freshness::Gone
+        } else if now >= self.fresh_until {
+            Freshness::Stale
+        } else if now >= self.refresh_at || self.xfetch_due(now) {
+            Freshness::RefreshAhead
+        } else {
+            Freshness::Fresh
+        }
+    }
+
+    /// Past its end of life (grace included): may be reclaimed.
+    pub(crate) fn is_gone(&self, now: Timestamp) -> bool {
+        now >= self.stale_until
+    }
+
+    /// XFetch: refresh early with probability growing as expiry nears, scaled by
+    /// how long the load took. `now − Δ·β·ln(U) ≥ expiry` ⇔ `Δ·β·(−ln U) ≥ remaining`.
+    fn xfetch_due(&self, now: Timestamp) -> bool {
+        let Some(beta) = self.xfetch_beta else {
+            return false;
+        };
+        let delta = self.load_duration.as_secs_f64();
+        if delta <= 0.0 {
+            return false;
+        }
+        let remaining = self.fresh_until.saturating_since(now).as_secs_f64();
+        // U in (0, 1]: 1 − [0, 1).
+        let u = 1.0 - fastrand::f64();
+        delta * beta * -u.ln() >= remaining
+    }
+
+    pub(crate) fn backing_off(&self, now: Timestamp) -> bool {
+        now.as_nanos() < self.retry_after.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn back_off_until(&self, until: Timestamp) {
+        self.retry_after
+            .fetch_max(until.as_nanos(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_hit(&self) {
+        if self.adaptive.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Invalidation without scans: tags, dependencies and `clear`, all by stamps.
+//!
+//! # Stamps
+//!
+//! The cache keeps one counter, the *stamp*. Every invalidation (a tag, a key that
+//! others depend on, a `clear`) increments it and records the new value. Every load
+//! reads the stamp *before* the loader runs and the resulting entry carries it as
+//! its `born` stamp. An entry is valid only if it was born at or after every
+//! invalidation that concerns it. So:
+//!
+//! * invalidating a tag is O(1) whatever the number of entries carrying it — the
+//!   entries are dropped lazily when read;
+//! * a load that was already running when the invalidation happened produces an
+//!   entry born *before* it, which is refused at install time and at read time. The
+//!   load cannot reinstate the data the invalidation meant to drop (the classic
+//!   "invalidate during load" bug).
+//!
+//! # Dependencies
+//!
+//! An entry that `depends_on` key K carries the tag `k:K`, plus every dependency
+//! tag of K's own entry if K is in the cache when the dependant is stored — so a
+//! chain A ← B ← C is cut by invalidating A, with no walk. Removing or setting K
+//! invalidates `k:K`. To keep `set` cheap, the stamp is only recorded for keys
+//! that some entry has declared as a dependency.
+//!
+//! # Memory
+//!
+//! Records are pruned once they are older than the longest entry lifetime the
+//! cache has handed out (TTL + jitter + grace): no entry born before them can still
+//! be alive. A load older than that is refused at install, so pruning never lets
+//! stale data back in.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use crate::clock::{duration_nanos, Timestamp};
+use crate::entry::Entry;
+
+/// A tag as stored on entries: `t:<tag>` for user tags, `k:<key>` for dependencies,
+/// so the two can never collide.
+pub(crate) type TagId = Arc<str>;
+
+/// Prune records once there are this many (amortizes the scan).
+const PRUNE_AT: usize = 4096;
+
+pub(crate) fn user_tag(tag: &str) -> TagId {
+    Arc::from(format!("t:{tag}"))
+}
+
+pub(crate) fn dependency_tag(key: &str) -> TagId {
+    Arc::from(format!("k:{key}"))
+}
+
+fn is_dependency(tag: &TagId) -> bool {
+    tag.starts_with("k:")
+}
+
+#[derive(Default)]
+struct Records {
+    /// Tag → (stamp of its latest invalidation, when).
+    tags: HashMap<TagId, (u64, Timestamp)>,
+    /// Keys some entry depends on → (stamp, time) of the latest declaration.
+    depended_on: HashMap<Arc<str>, (u64, Timestamp)>,
+    /// Loads born before this stamp are refused: records they would need were pruned.
+    floor: u64,
+}
+
+pub(crate) struct Invalidations {
+    stamp: AtomicU64,
+    cleared_at: AtomicU64,
+    /// The stamp of the most recent tag invalidation; entries born at or after it
+    /// skip the tag lookup entirely (the common case).
+    latest_tag: AtomicU64,
+    /// Any entry ever declared a dependency (fast path for `set`/`remove`).
+    has_dependencies: std::sync::atomic::AtomicBool,
+    max_lifetime: AtomicU64,
+    records: RwLock<Records>,
+}
+
+impl Invalidations {
+    pub(crate) fn new() -> Self {
+        Invalidations {
+            stamp: AtomicU64::new(1),
+            cleared_at: AtomicU64::new(0),
+            latest_tag: AtomicU64::new(0),
+            has_dependencies: std::sync::atomic::AtomicBool::new(false),
+            max_lifetime: AtomicU64::new(0),
+            records: RwLock::new(Records::default()),
+        }
+    }
+
+    /// The stamp a load starting now is born with.
+    pub(crate) fn current(&self) -> u64 {
+        self.stamp.load(Ordering::SeqCst)
+    }
+
+    fn next(&self) -> u64 {
+        self.stamp.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Remembers the longest lifetime handed out, for pruning.
+    pub(crate) fn note_lifetime(&self, lifetime: Duration) {
+        self.max_lifetime
+            .fetch_max(duration_nanos(lifetime), Ordering::Relaxed);
+    }
+
+    /// Everything stored before now is invalid.
+    pub(crate) fn clear(&self) {
+        let s = self.next();
+        self.cleared_at.fetch_max(s, Ordering::SeqCst);
+    }
+
+    /// Invalidates every entry carrying any of `tags`.
+    pub(crate) fn invalidate(&self, tags: &[TagId], now: Timestamp) {
+        if tags.is_empty() {
+            return;
+        }
+        let mut records = self.records.write();
+        let s = self.next();
+        for tag in tags {
+            records.tags.insert(Arc::clone(tag), (s, now));
+        }
+        self.latest_tag.fetch_max(s, Ordering::SeqCst);
+        if records.tags.len() >= PRUNE_AT {
+            self.prune(&mut records, now);
+        }
+    }
+
+    /// `key` was removed or replaced: invalidate what depends on it, if anything may.
+    pub(crate) fn key_changed(&self, key: &str, now: Timestamp) {
+        if !self.has_dependencies.load(Ordering::SeqCst) {
+            return;
+        }
+        if !self.records.read().depended_on.contains_key(key) {
+            return;
+        }
+        self.invalidate(&[dependency_tag(key)], now);
+    }
+
+    /// Declares that a load is about to produce an entry depending on `keys`.
+    /// Called *before* the loader runs, so a removal of a dependency during the
+    /// load is recorded and fences the load out.
+    pub(crate) fn declare_dependencies(&self, keys: &[String], now: Timestamp) {
+        if keys.is_empty() {
+            return;
+        }
+        self.has_dependencies.store(true, Ordering::SeqCst);
+        let mut records = self.records.write();
+        let stamp = self.current();
+        for key in keys {
+            records
+                .depended_on
+                .insert(Arc::from(key.as_str()), (stamp, now));
+        }
+        if records.depended_on.len() >= PRUNE_AT {
+            self.prune(&mut records, now);
+        }
+    }
+
+    /// The dependency tags an entry inherits from `parent`'s entry.
+    pub(crate) fn inherited<V>(parent: &Entry<V>) -> impl Iterator<Item = &TagId> {
+        parent.tags.iter().filter(|t| is_dependency(t))
+    }
+
+    /// Whether an entry born at `born` with `tags` is still valid.
+    pub(crate) fn is_valid<V>(&self, entry: &Entry<V>) -> bool {
+        if entry.born < self.cleared_at.load(Ordering::SeqCst) {
+            return false;
+        }
+        if entry.tags.is_empty() {
+            return true;
+        }
+        let latest = self.latest_tag.load(Ordering::SeqCst);
+        if entry.born >= latest || entry.validated_through.load(Ordering::Relaxed) >= latest {
+            return true;
+        }
+        let records = self.records.read();
+        let invalidated = entry.tags.iter().any(|tag| {
+            records
+                .tags
+                .get(tag)
+                .is_some_and(|&(stamp, _)| entry.born < stamp)
+        });
+        if invalidated {
+            return false;
+        }
+        entry.validated_through.fetch_max(latest, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether a load born at `born` may still install its result.
+    pub(crate) fn may_install<V>(&self, entry: &Entry<V>) -> bool {
+        entry.born >= self.records.read().floor && self.is_valid(entry)
+    }
+
+    fn prune(&self, records: &mut Records, now: Timestamp) {
+        let horizon = Duration::from_nanos(self.max_lifetime.load(Ordering::Relaxed));
+        let mut floor = records.floor;
+        let mut keep = |&mut (stamp, at): &mut (u64, Timestamp)| {
+            let keep = now.saturating_since(at) <= horizon;
+            if !keep {
+                floor = floor.max(stamp);
+            }
+            keep
+        };
+        records.tags.retain(|_, record| keep(record));
+        records.depended_on.retain(|_, record| keep(record));
+        records.floor = floor;
+    }
+}

@@ -1,0 +1,153 @@
+//! The in-process tier: a byte-bounded, sharded map of decoded entries.
+//!
+//! # What it holds
+//!
+//! Entries hold the *decoded* value behind an `Arc`, so a hit is a hash lookup and
+//! an `Arc` clone — no deserialization, no copy of the value.
+//!
+//! # The budget
+//!
+//! The tier is bounded in bytes, not entries: each entry is charged its weight (the
+//! value's encoded size, or what the caller's weigher says) plus its key's length.
+//! The budget is split evenly over the shards and **no shard ever holds more than
+//! its share**, so the whole tier never exceeds the budget. Space is made by
+//! evicting *before* inserting. Consequences worth knowing:
+//!
+//! * a value heavier than one shard's share (`budget / shards`) is not cached in L1
+//!   at all (it is still returned to the caller);
+//! * small budgets use fewer shards (each shard gets at least
+//!   [`MIN_SHARD_BUDGET`] bytes) so that the share stays useful.
+//!
+//! Bookkeeping (the map slot, the queue node, the `Arc`s) is not charged to the
+//! budget; it is a fixed overhead per entry on top.
+//!
+//! # Eviction: S3-FIFO
+//!
+//! Each shard runs S3-FIFO (Yang et al., SOSP 2023): new keys enter a small FIFO
+//! (10% of the shard); a key hit while there is promoted to the main FIFO when it
+//! reaches the head, others are evicted and remembered in a "ghost" list of hashes,
+//! and a ghost key that comes back goes straight to main. Main is a CLOCK-like FIFO
+//! where a hit buys another lap. A hit only bumps an atomic counter under a shared
+//! lock, so readers never serialize on each other. Entries past their end of life
+//! are dropped first when the head of a queue is examined — reclamation needs no
+//! background thread.
+
+mod shard;
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::clock::Timestamp;
+use crate::entry::Entry;
+
+use shard::Shard;
+
+/// The smallest share of the budget a shard is given.
+pub const MIN_SHARD_BUDGET: u64 = 1 << 20;
+
+/// Keeps each shard's lock on its own cache line, so two cores hitting different
+/// shards do not bounce one line between them.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The L1 tier.
+pub(crate) struct L1<V> {
+    shards: Box<[Padded<RwLock<Shard<V>>>]>,
+    hasher: foldhash::fast::RandomState,
+    shard_budget: u64,
+}
+
+/// What an insert did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Inserted {
+    /// The entry was stored (false: heavier than a shard's share).
+    pub stored: bool,
+    /// Entries evicted to make room (expired ones not counted).
+    pub evicted: u64,
+}
+
+impl<V> L1<V> {
+    /// A tier holding at most `budget` bytes.
+    pub(crate) fn new(budget: u64) -> Self {
+        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let wanted = (parallelism * 4).next_power_of_two() as u64;
+        let affordable = (budget / MIN_SHARD_BUDGET).max(1);
+        // Largest power of two not above either bound.
+        let mut shards = 1u64;
+        while shards * 2 <= wanted.min(affordable) {
+            shards *= 2;
+        }
+        let shard_budget = budget / shards;
+        L1 {
+            shards: (0..shards)
+                .map(|_| Padded(RwLock::new(Shard::new(shard_budget))))
+                .collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            shard_budget,
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<Shard<V>> {
+        // High bits pick the shard; the map inside uses its own hashing.
+        let idx = (hash >> 32) as usize & (self.shards.len() - 1);
+        &self.shards[idx].0
+    }
+
+    /// The entry at `key`, counting the access for eviction.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<Entry<V>>> {
+        let hash = self.hasher.hash_one(key);
+        self.shard(hash).read().get(key)
+    }
+
+    /// The entry at `key` without counting an access (for `contains`-like peeks).
+    pub(crate) fn peek(&self, key: &str) -> Option<Arc<Entry<V>>> {
+        let hash = self.hasher.hash_one(key);
+        self.shard(hash).read().peek(key)
+    }
+
+    /// Stores `entry` at `key`, evicting first if the shard needs room.
+    pub(crate) fn insert(&self, key: Arc<str>, entry: Arc<Entry<V>>, now: Timestamp) -> Inserted {
+        let hash = self.hasher.hash_one(&*key);
+        let weight = entry.weight;
+        self.shard(hash).write().insert(key, hash, entry, weight, now)
+    }
+
+    /// Removes `key`, returning what was there.
+    pub(crate) fn remove(&self, key: &str) -> Option<Arc<Entry<V>>> {
+        let hash = self.hasher.hash_one(key);
+        self.shard(hash).write().remove(key)
+    }
+
+    /// Removes `key` only if it still holds exactly `entry`.
+    pub(crate) fn remove_entry(&self, key: &str, entry: &Arc<Entry<V>>) -> bool {
+        let hash = self.hasher.hash_one(key);
+        self.shard(hash).write().remove_if_same(key, entry)
+    }
+
+    /// Removes everything.
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            shard.0.write().clear();
+        }
+    }
+
+    /// Number of entries held.
+    pub(crate) fn len(&self) -> u64 {
+        self.shards.iter().map(|s| s.0.read().len() as u64).sum()
+    }
+
+    /// Bytes charged against the budget.
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.shards.iter().map(|s| s.0.read().bytes()).sum()
+    }
+
+    /// The heaviest entry the tier can hold.
+    pub(crate) fn max_entry_weight(&self) -> u64 {
+        self.shard_budget
+    }
+}
+
+#[cfg(test)]
+mod tests;

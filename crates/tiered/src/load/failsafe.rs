@@ -1,0 +1,64 @@
+//! Fail-safe: where a stale entry gets served.
+//!
+//! A caller waiting on a load holds the stale entry it found (if any, and only if
+//! still within its grace window). It serves that stale value instead of the
+//! load's outcome when:
+//!
+//! * the load has not finished after the soft timeout (the load continues in the
+//!   background and stores its result when it arrives);
+//! * the load failed, panicked or hit its hard timeout. The error is not cached;
+//!   the stale entry is marked to back off (see [`super::Inner::run_load`]) so the
+//!   loader is not called again for `failsafe_backoff`.
+//!
+//! The other place stale values are served is the lookup itself: a stale entry
+//! that is backing off is returned without starting a load (see `Cache::lookup`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::Inner;
+use crate::entry::Entry;
+use crate::error::Result;
+use crate::Value;
+
+use super::flight::Ticket;
+
+impl<V: Value> Inner<V> {
+    /// Waits for a load's outcome, falling back to `stale` as described above.
+    pub(crate) async fn await_load(
+        &self,
+        ticket: Ticket<V>,
+        stale: Option<Arc<Entry<V>>>,
+        soft_timeout: Option<Duration>,
+    ) -> Result<Option<Arc<V>>> {
+        let mut outcome = std::pin::pin!(ticket.outcome());
+        let outcome = match (&stale, soft_timeout) {
+            (Some(_), Some(soft)) => match tokio::time::timeout(soft, &mut outcome).await {
+                Ok(outcome) => outcome,
+                Err(_elapsed) => match self.serve_stale(stale.as_deref()) {
+                    Some(value) => return Ok(value),
+                    // The grace window closed while we waited: keep waiting.
+                    None => outcome.await,
+                },
+            },
+            _ => outcome.await,
+        };
+        match outcome {
+            Ok(value) => Ok(value),
+            Err(error) => match self.serve_stale(stale.as_deref()) {
+                Some(value) => Ok(value),
+                None => Err(error),
+            },
+        }
+    }
+
+    /// The stale value, if it is still within its grace window (counted as a stale hit).
+    pub(crate) fn serve_stale(&self, stale: Option<&Entry<V>>) -> Option<Option<Arc<V>>> {
+        let stale = stale?;
+        if stale.is_gone(self.clock.now()) {
+            return None;
+        }
+        self.recorder.stale();
+        Some(stale.value.clone())
+    }
+}

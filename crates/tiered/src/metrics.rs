@@ -1,0 +1,79 @@
+//! Metric names, in one place.
+//!
+//! The cache reports through the [`metrics`](https://docs.rs/metrics) facade; the
+//! library never installs a recorder or exporter — the application does (e.g.
+//! `metrics-exporter-prometheus`). Every series carries a `cache` label with the
+//! cache's namespace.
+//!
+//! Handles are registered when the cache is built, so **install the recorder
+//! before building caches**; a cache built earlier reports to the recorder that was
+//! installed at its build time (none: a no-op). This keeps the hit path free of
+//! registry lookups.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `tiered_cache_requests_total` | counter | `tier` = `l1`, `outcome` = `hit` / `miss` / `stale` / `negative` / `filtered` |
+//! | `tiered_cache_loads_total` | counter | `outcome` = `ok` / `error` / `coalesced` / `refresh` / `fenced` |
+//! | `tiered_cache_evictions_total` | counter | `tier` |
+//! | `tiered_cache_load_duration_seconds` | histogram | — |
+//! | `tiered_cache_entries` | gauge | `tier` (updated by `stats()`) |
+//! | `tiered_cache_bytes` | gauge | `tier` (updated by `stats()`) |
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+/// Requests by tier and outcome.
+pub const REQUESTS: &str = "tiered_cache_requests_total";
+/// Loader calls by outcome.
+pub const LOADS: &str = "tiered_cache_loads_total";
+/// Evictions by tier.
+pub const EVICTIONS: &str = "tiered_cache_evictions_total";
+/// Loader latency in seconds.
+pub const LOAD_DURATION: &str = "tiered_cache_load_duration_seconds";
+/// Entries held, by tier.
+pub const ENTRIES: &str = "tiered_cache_entries";
+/// Bytes charged to the budget, by tier.
+pub const BYTES: &str = "tiered_cache_bytes";
+
+/// Registered handles for one cache.
+pub(crate) struct Handles {
+    pub l1_hit: Counter,
+    pub l1_miss: Counter,
+    pub stale: Counter,
+    pub negative: Counter,
+    pub filtered: Counter,
+    pub load_ok: Counter,
+    pub load_error: Counter,
+    pub coalesced: Counter,
+    pub refresh: Counter,
+    pub fenced: Counter,
+    pub l1_evictions: Counter,
+    pub load_duration: Histogram,
+    pub l1_entries: Gauge,
+    pub l1_bytes: Gauge,
+}
+
+impl Handles {
+    pub(crate) fn register(namespace: &str) -> Self {
+        let ns = namespace.to_owned();
+        let req = |outcome: &'static str| {
+            counter!(REQUESTS, "cache" => ns.clone(), "tier" => "l1", "outcome" => outcome)
+        };
+        let load = |outcome: &'static str| counter!(LOADS, "cache" => ns.clone(), "outcome" => outcome);
+        Handles {
+            l1_hit: req("hit"),
+            l1_miss: req("miss"),
+            stale: req("stale"),
+            negative: req("negative"),
+            filtered: req("filtered"),
+            load_ok: load("ok"),
+            load_error: load("error"),
+            coalesced: load("coalesced"),
+            refresh: load("refresh"),
+            fenced: load("fenced"),
+            l1_evictions: counter!(EVICTIONS, "cache" => ns.clone(), "tier" => "l1"),
+            load_duration: histogram!(LOAD_DURATION, "cache" => ns.clone()),
+            l1_entries: gauge!(ENTRIES, "cache" => ns.clone(), "tier" => "l1"),
+            l1_bytes: gauge!(BYTES, "cache" => ns, "tier" => "l1"),
+        }
+    }
+}
