@@ -283,4 +283,35 @@ impl<V> Shard<V> {
         self.small.retain(|n| live(n, Queue::Small));
         self.main.retain(|n| live(n, Queue::Main));
     }
+
+    /// Nodes in the queues, live or dead.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        self.small.len() + self.main.len()
+    }
+
+    /// Byte counters match the map; every live entry has exactly one live node.
+    #[cfg(test)]
+    pub(super) fn check_invariants(&self) {
+        let bytes: u64 = self.map.values().map(|s| s.weight).sum();
+        let small: u64 = self
+            .map
+            .values()
+            .filter(|s| s.queue == Queue::Small)
+            .map(|s| s.weight)
+            .sum();
+        assert_eq!(self.bytes, bytes, "bytes");
+        assert_eq!(self.small_bytes, small, "small bytes");
+        for (key, slot) in &self.map {
+            let queue = match slot.queue {
+                Queue::Small => &self.small,
+                Queue::Main => &self.main,
+            };
+            let live = queue
+                .iter()
+                .filter(|n| &n.key == key && n.id == slot.id)
+                .count();
+            assert_eq!(live, 1, "key {key} has {live} live nodes");
+        }
+    }
 }

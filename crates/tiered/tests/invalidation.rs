@@ -1,0 +1,191 @@
+//! Invalidation within one process: tags, dependencies (with cascades), clear,
+//! and — the classic bug — invalidation while a load is running.
+
+mod common;
+
+use common::*;
+use tiered::ManualClock;
+use tiered_testkit::Loader;
+
+#[tokio::test]
+async fn invalidating_a_tag_drops_every_entry_carrying_it() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let team7 = cache.options().tag("team:7");
+    let both = cache.options().tags(["team:7", "admins"]);
+    cache.set_with("alice", s("a"), &team7).unwrap();
+    cache.set_with("bob", s("b"), &both).unwrap();
+    cache.set_with("carol", s("c"), &cache.options().tag("team:8")).unwrap();
+    cache.set("dave", s("d")).unwrap();
+
+    cache.invalidate_tag("team:7").unwrap();
+    assert!(!cache.contains("alice").unwrap());
+    assert!(!cache.contains("bob").unwrap());
+    assert!(cache.contains("carol").unwrap());
+    assert!(cache.contains("dave").unwrap());
+
+    // Entries stored after the invalidation with the same tag are valid.
+    cache.set_with("alice", s("a2"), &team7).unwrap();
+    assert_eq!(val(cache.get("alice").await), Some(s("a2")));
+    // Invalidating an unknown tag is harmless.
+    cache.invalidate_tag("nobody").unwrap();
+    assert!(cache.contains("alice").unwrap());
+}
+
+#[tokio::test]
+async fn a_tagged_entry_loaded_through_get_or_load_is_invalidated_too() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let loader = Loader::returning(s("v"));
+    let opts = cache.options().tag("t");
+    cache.get_or_load_with("k", &opts, loader.load()).await.unwrap();
+    cache.invalidate_tag("t").unwrap();
+    cache.get_or_load_with("k", &opts, loader.load()).await.unwrap();
+    assert_eq!(loader.calls(), 2);
+}
+
+#[tokio::test]
+async fn removing_a_key_invalidates_its_dependants_transitively() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    cache.set("user:1", s("Ada")).unwrap();
+    cache
+        .set_with("profile:1", s("profile of Ada"), &cache.options().depends_on("user:1"))
+        .unwrap();
+    cache
+        .set_with("page:1", s("page with profile"), &cache.options().depends_on("profile:1"))
+        .unwrap();
+    cache.set("unrelated", s("x")).unwrap();
+
+    cache.remove("user:1").unwrap();
+    assert!(!cache.contains("profile:1").unwrap(), "direct dependant");
+    assert!(!cache.contains("page:1").unwrap(), "dependant of a dependant");
+    assert!(cache.contains("unrelated").unwrap());
+}
+
+#[tokio::test]
+async fn setting_a_key_invalidates_its_dependants() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    cache.set("price:9", s("10")).unwrap();
+    cache
+        .set_with("cart:1", s("total 10"), &cache.options().depends_on("price:9"))
+        .unwrap();
+    cache.set("price:9", s("12")).unwrap();
+    assert!(!cache.contains("cart:1").unwrap());
+    assert!(cache.contains("price:9").unwrap());
+}
+
+#[tokio::test]
+async fn remove_during_a_load_is_not_undone_by_the_load() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let loader = Loader::returning(s("read before the delete"));
+    loader.hold();
+    let call = {
+        let (cache, loader) = (cache.clone(), loader.clone());
+        tokio::spawn(async move { cache.get_or_load("k", loader.load()).await })
+    };
+    loader.wait_for_calls(1).await;
+    cache.remove("k").unwrap(); // the row was deleted while the loader read it
+    loader.release();
+    // The caller that asked before the removal gets what was loaded...
+    assert_eq!(val(call.await.unwrap()), Some(s("read before the delete")));
+    // ...but it is not stored.
+    assert!(!cache.contains("k").unwrap());
+    assert_eq!(cache.stats().fenced, 1);
+}
+
+#[tokio::test]
+async fn set_during_a_load_wins_over_the_load() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let loader = Loader::returning(s("old"));
+    loader.hold();
+    let call = {
+        let (cache, loader) = (cache.clone(), loader.clone());
+        tokio::spawn(async move { cache.get_or_load("k", loader.load()).await })
+    };
+    loader.wait_for_calls(1).await;
+    cache.set("k", s("new")).unwrap();
+    loader.release();
+    call.await.unwrap().unwrap();
+    assert_eq!(val(cache.get("k").await), Some(s("new")));
+}
+
+#[tokio::test]
+async fn tag_invalidation_during_a_load_fences_it() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let loader = Loader::returning(s("v"));
+    loader.hold();
+    let opts = cache.options().tag("t");
+    let call = {
+        let (cache, loader, opts) = (cache.clone(), loader.clone(), opts.clone());
+        tokio::spawn(async move { cache.get_or_load_with("k", &opts, loader.load()).await })
+    };
+    loader.wait_for_calls(1).await;
+    cache.invalidate_tag("t").unwrap();
+    loader.release();
+    call.await.unwrap().unwrap();
+    assert!(!cache.contains("k").unwrap());
+    cache.get_or_load_with("k", &opts, loader.load()).await.unwrap();
+    assert_eq!(loader.calls(), 2);
+    assert!(cache.contains("k").unwrap(), "a load started after the invalidation stores");
+}
+
+#[tokio::test]
+async fn removing_a_dependency_during_a_load_fences_the_dependant() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    cache.set("user:1", s("Ada")).unwrap();
+    let loader = Loader::returning(s("profile built from Ada"));
+    loader.hold();
+    let opts = cache.options().depends_on("user:1");
+    let call = {
+        let (cache, loader) = (cache.clone(), loader.clone());
+        tokio::spawn(async move { cache.get_or_load_with("profile:1", &opts, loader.load()).await })
+    };
+    loader.wait_for_calls(1).await;
+    cache.remove("user:1").unwrap();
+    loader.release();
+    call.await.unwrap().unwrap();
+    assert!(!cache.contains("profile:1").unwrap());
+}
+
+#[tokio::test]
+async fn clear_during_a_load_fences_it() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let loader = Loader::returning(s("v"));
+    loader.hold();
+    let call = {
+        let (cache, loader) = (cache.clone(), loader.clone());
+        tokio::spawn(async move { cache.get_or_load("k", loader.load()).await })
+    };
+    loader.wait_for_calls(1).await;
+    cache.clear();
+    loader.release();
+    call.await.unwrap().unwrap();
+    assert!(!cache.contains("k").unwrap());
+    assert_eq!(cache.stats().l1.entries, 0);
+}
+
+#[tokio::test]
+async fn many_tag_invalidations_stay_correct_after_pruning() {
+    let clock = ManualClock::new();
+    let cache = builder(&clock).ttl(secs(10)).build().unwrap();
+    // More than the pruning threshold of records, spread over time so old ones
+    // are pruned: entries tagged before each invalidation must still be dropped.
+    for round in 0..5000u32 {
+        let tag = format!("t{round}");
+        cache
+            .set_with("k", s("v"), &cache.options().tag(tag.as_str()))
+            .unwrap();
+        cache.invalidate_tag(&tag).unwrap();
+        assert!(!cache.contains("k").unwrap(), "round {round}");
+        if round % 100 == 0 {
+            clock.advance(secs(5));
+        }
+    }
+}
