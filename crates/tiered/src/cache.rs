@@ -67,7 +67,7 @@ pub(crate) struct Inner<V> {
     pub namespace: Arc<str>,
     pub clock: Arc<dyn Clock>,
     pub l1: L1<V>,
-    pub defaults: Options,
+    pub defaults: Arc<Options>,
     pub weigher: Weigher<V>,
     pub filter: Option<Arc<BloomFilter>>,
     pub invalidations: Invalidations,
@@ -75,6 +75,9 @@ pub(crate) struct Inner<V> {
     pub recorder: Recorder,
     pub top: TopKeys,
 }
+
+/// A stale entry a waiting caller may fall back on.
+type Stale<V> = Option<Arc<Entry<V>>>;
 
 /// What L1 says about a key.
 enum Lookup<V> {
@@ -139,7 +142,7 @@ impl<V: Value> Cache<V> {
 
     /// A copy of the default options, to change for one call.
     pub fn options(&self) -> Options {
-        self.inner.defaults.clone()
+        Options::clone(&self.inner.defaults)
     }
 
     /// The fresh value at `key`, if any. Never loads; a stale value is not returned.
@@ -190,7 +193,7 @@ impl<V: Value> Cache<V> {
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let opts = Arc::new(self.inner.defaults.clone());
+        let opts = OptionsRef::Shared(&self.inner.defaults);
         self.inner.get_or_load(key, opts, loader).await
     }
 
@@ -208,14 +211,21 @@ impl<V: Value> Cache<V> {
     /// [`Error::InvalidKey`] / [`Error::InvalidOption`] before anything happens;
     /// [`Error::Loader`], [`Error::LoaderPanicked`], [`Error::Timeout`] when the
     /// load failed and there was no stale value; [`Error::NoRuntime`] outside tokio.
-    pub async fn get_or_load_with<F, Fut, E>(&self, key: &str, opts: &Options, loader: F) -> Result<Option<Arc<V>>>
+    pub async fn get_or_load_with<F, Fut, E>(
+        &self,
+        key: &str,
+        opts: &Options,
+        loader: F,
+    ) -> Result<Option<Arc<V>>>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         opts.validate()?;
-        self.inner.get_or_load(key, Arc::new(opts.clone()), loader).await
+        self.inner
+            .get_or_load(key, OptionsRef::Borrowed(opts), loader)
+            .await
     }
 
     /// Batch read-through with the default options. See
@@ -224,14 +234,18 @@ impl<V: Value> Cache<V> {
     /// # Errors
     ///
     /// See [`get_many_or_load_with`](Self::get_many_or_load_with).
-    pub async fn get_many_or_load<K, F, Fut, E>(&self, keys: &[K], loader: F) -> Result<HashMap<String, Arc<V>>>
+    pub async fn get_many_or_load<K, F, Fut, E>(
+        &self,
+        keys: &[K],
+        loader: F,
+    ) -> Result<HashMap<String, Arc<V>>>
     where
         K: AsRef<str>,
         F: FnOnce(Vec<String>) -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<HashMap<String, V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let opts = self.inner.defaults.clone();
+        let opts = Arc::clone(&self.inner.defaults);
         self.get_many_or_load_with(keys, &opts, loader).await
     }
 
@@ -260,7 +274,9 @@ impl<V: Value> Cache<V> {
         for key in keys {
             validate_key(key.as_ref())?;
         }
-        self.inner.get_many_or_load(keys, Arc::new(opts.clone()), loader).await
+        self.inner
+            .get_many_or_load(keys, Arc::new(opts.clone()), loader)
+            .await
     }
 
     /// Stores `value` at `key` with the default options. See [`set_with`](Self::set_with).
@@ -269,7 +285,7 @@ impl<V: Value> Cache<V> {
     ///
     /// [`Error::InvalidKey`].
     pub fn set(&self, key: &str, value: V) -> Result<()> {
-        let opts = self.inner.defaults.clone();
+        let opts = Arc::clone(&self.inner.defaults);
         self.set_with(key, value, &opts)
     }
 
@@ -285,7 +301,9 @@ impl<V: Value> Cache<V> {
         opts.validate()?;
         let inner = &self.inner;
         let now = inner.clock.now();
-        inner.invalidations.declare_dependencies(&opts.depends_on, now);
+        inner
+            .invalidations
+            .declare_dependencies(&opts.depends_on, now);
         let born = inner.invalidations.current();
         let entry = inner.build_entry(key, Some(Arc::new(value)), opts, born, now, Duration::ZERO);
         {
@@ -330,7 +348,9 @@ impl<V: Value> Cache<V> {
     pub fn invalidate_tag(&self, tag: &str) -> Result<()> {
         validate_tag(tag)?;
         let tags: [TagId; 1] = [invalidate::user_tag(tag)];
-        self.inner.invalidations.invalidate(&tags, self.inner.clock.now());
+        self.inner
+            .invalidations
+            .invalidate(&tags, self.inner.clock.now());
         Ok(())
     }
 
@@ -476,14 +496,18 @@ impl<V: Value> Inner<V> {
         tags.into_boxed_slice()
     }
 
-    async fn get_or_load<F, Fut, E>(self: &Arc<Self>, key: &str, opts: Arc<Options>, loader: F) -> Result<Option<Arc<V>>>
+    async fn get_or_load<F, Fut, E>(
+        self: &Arc<Self>,
+        key: &str,
+        opts: OptionsRef<'_>,
+        loader: F,
+    ) -> Result<Option<Arc<V>>>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
         validate_key(key)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         self.top.record(key);
         let now = self.clock.now();
         let stale = match self.lookup(key, now) {
@@ -491,7 +515,10 @@ impl<V: Value> Inner<V> {
             Lookup::RefreshAhead(entry) => {
                 let value = self.hit(&entry);
                 if !entry.backing_off(now) {
-                    self.refresh_in_background(&runtime, key, entry, opts, loader);
+                    // No runtime: serve the hit, skip the refresh.
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        self.refresh_in_background(&runtime, key, entry, opts.to_arc(), loader);
+                    }
                 }
                 return Ok(value);
             }
@@ -507,7 +534,8 @@ impl<V: Value> Inner<V> {
         if stale.is_none() && self.filtered_out(key) {
             return Ok(None);
         }
-
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let soft_timeout = opts.soft_timeout;
         let key: Arc<str> = Arc::from(key);
         let joined = self.flights.lock().join(&key, || self.recheck(&key));
         let ticket = match joined {
@@ -517,17 +545,22 @@ impl<V: Value> Inner<V> {
                 ticket
             }
             Joined::Lead(flight, ticket) => {
-                let soft = opts.soft_timeout;
                 let job = Job {
                     key: Arc::clone(&key),
                     flight,
                     previous: stale.clone(),
                 };
-                self.spawn_load(&runtime, vec![job], opts, false, single_call(&key, loader));
-                return self.await_load(ticket, stale, soft).await;
+                self.spawn_load(
+                    &runtime,
+                    vec![job],
+                    opts.to_arc(),
+                    false,
+                    single_call(&key, loader),
+                );
+                ticket
             }
         };
-        self.await_load(ticket, stale, opts.soft_timeout).await
+        self.await_load(ticket, stale, soft_timeout).await
     }
 
     async fn get_many_or_load<K, F, Fut, E>(
@@ -545,7 +578,7 @@ impl<V: Value> Inner<V> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let now = self.clock.now();
         let mut found = HashMap::new();
-        let mut missing: Vec<(Arc<str>, Option<Arc<Entry<V>>>)> = Vec::new();
+        let mut missing: Vec<(Arc<str>, Stale<V>)> = Vec::new();
         for key in keys {
             let key = key.as_ref();
             if found.contains_key(key) || missing.iter().any(|(k, _)| &**k == key) {
@@ -580,7 +613,7 @@ impl<V: Value> Inner<V> {
 
         // Join running flights, lead the rest — all under one lock, so the set of
         // keys this call loads is decided atomically.
-        let mut waits: Vec<(Arc<str>, Ticket<V>, Option<Arc<Entry<V>>>)> = Vec::new();
+        let mut waits: Vec<(Arc<str>, Ticket<V>, Stale<V>)> = Vec::new();
         let mut jobs = Vec::new();
         {
             let mut registry = self.flights.lock();
@@ -677,10 +710,39 @@ impl<V: Value> Inner<V> {
         // Dependencies are declared before the stamp is read, so that a removal of
         // a dependency while the loader runs fences this load out.
         let now = self.clock.now();
-        self.invalidations.declare_dependencies(&opts.depends_on, now);
+        self.invalidations
+            .declare_dependencies(&opts.depends_on, now);
         let born = self.invalidations.current();
         let inner = Arc::clone(self);
         runtime.spawn(inner.run_load(jobs, opts, born, refresh, call));
+    }
+}
+
+/// Options for one call: the cache's shared defaults, or the caller's. Only
+/// turned into an `Arc` when a load needs to own them, so a hit allocates nothing.
+#[derive(Clone, Copy)]
+enum OptionsRef<'a> {
+    Shared(&'a Arc<Options>),
+    Borrowed(&'a Options),
+}
+
+impl OptionsRef<'_> {
+    fn to_arc(self) -> Arc<Options> {
+        match self {
+            OptionsRef::Shared(shared) => Arc::clone(shared),
+            OptionsRef::Borrowed(opts) => Arc::new(opts.clone()),
+        }
+    }
+}
+
+impl std::ops::Deref for OptionsRef<'_> {
+    type Target = Options;
+
+    fn deref(&self) -> &Options {
+        match self {
+            OptionsRef::Shared(shared) => shared,
+            OptionsRef::Borrowed(opts) => opts,
+        }
     }
 }
 

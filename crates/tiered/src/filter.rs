@@ -84,8 +84,9 @@ impl BloomFilter {
 
     /// False only if `key` was certainly never inserted.
     pub fn might_contain(&self, key: &str) -> bool {
-        self.positions(key)
-            .all(|bit| self.bits[(bit / 64) as usize].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0)
+        self.positions(key).all(|bit| {
+            self.bits[(bit / 64) as usize].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
+        })
     }
 }
 

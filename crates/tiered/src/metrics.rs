@@ -55,10 +55,9 @@ pub(crate) struct Handles {
 impl Handles {
     pub(crate) fn register(namespace: &str) -> Self {
         let ns = namespace.to_owned();
-        let req = |outcome: &'static str| {
-            counter!(REQUESTS, "cache" => ns.clone(), "tier" => "l1", "outcome" => outcome)
-        };
-        let load = |outcome: &'static str| counter!(LOADS, "cache" => ns.clone(), "outcome" => outcome);
+        let req = |outcome: &'static str| counter!(REQUESTS, "cache" => ns.clone(), "tier" => "l1", "outcome" => outcome);
+        let load =
+            |outcome: &'static str| counter!(LOADS, "cache" => ns.clone(), "outcome" => outcome);
         Handles {
             l1_hit: req("hit"),
             l1_miss: req("miss"),

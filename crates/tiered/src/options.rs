@@ -305,7 +305,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        Options::default().validate().expect("defaults must validate");
+        Options::default()
+            .validate()
+            .expect("defaults must validate");
     }
 
     #[test]

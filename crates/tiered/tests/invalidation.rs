@@ -1,6 +1,8 @@
 //! Invalidation within one process: tags, dependencies (with cascades), clear,
 //! and — the classic bug — invalidation while a load is running.
 
+#![allow(clippy::unwrap_used)] // in tests an unwrap is an assertion
+
 mod common;
 
 use common::*;
@@ -15,7 +17,9 @@ async fn invalidating_a_tag_drops_every_entry_carrying_it() {
     let both = cache.options().tags(["team:7", "admins"]);
     cache.set_with("alice", s("a"), &team7).unwrap();
     cache.set_with("bob", s("b"), &both).unwrap();
-    cache.set_with("carol", s("c"), &cache.options().tag("team:8")).unwrap();
+    cache
+        .set_with("carol", s("c"), &cache.options().tag("team:8"))
+        .unwrap();
     cache.set("dave", s("d")).unwrap();
 
     cache.invalidate_tag("team:7").unwrap();
@@ -38,9 +42,15 @@ async fn a_tagged_entry_loaded_through_get_or_load_is_invalidated_too() {
     let cache = cache(&clock);
     let loader = Loader::returning(s("v"));
     let opts = cache.options().tag("t");
-    cache.get_or_load_with("k", &opts, loader.load()).await.unwrap();
+    cache
+        .get_or_load_with("k", &opts, loader.load())
+        .await
+        .unwrap();
     cache.invalidate_tag("t").unwrap();
-    cache.get_or_load_with("k", &opts, loader.load()).await.unwrap();
+    cache
+        .get_or_load_with("k", &opts, loader.load())
+        .await
+        .unwrap();
     assert_eq!(loader.calls(), 2);
 }
 
@@ -50,16 +60,27 @@ async fn removing_a_key_invalidates_its_dependants_transitively() {
     let cache = cache(&clock);
     cache.set("user:1", s("Ada")).unwrap();
     cache
-        .set_with("profile:1", s("profile of Ada"), &cache.options().depends_on("user:1"))
+        .set_with(
+            "profile:1",
+            s("profile of Ada"),
+            &cache.options().depends_on("user:1"),
+        )
         .unwrap();
     cache
-        .set_with("page:1", s("page with profile"), &cache.options().depends_on("profile:1"))
+        .set_with(
+            "page:1",
+            s("page with profile"),
+            &cache.options().depends_on("profile:1"),
+        )
         .unwrap();
     cache.set("unrelated", s("x")).unwrap();
 
     cache.remove("user:1").unwrap();
     assert!(!cache.contains("profile:1").unwrap(), "direct dependant");
-    assert!(!cache.contains("page:1").unwrap(), "dependant of a dependant");
+    assert!(
+        !cache.contains("page:1").unwrap(),
+        "dependant of a dependant"
+    );
     assert!(cache.contains("unrelated").unwrap());
 }
 
@@ -69,7 +90,11 @@ async fn setting_a_key_invalidates_its_dependants() {
     let cache = cache(&clock);
     cache.set("price:9", s("10")).unwrap();
     cache
-        .set_with("cart:1", s("total 10"), &cache.options().depends_on("price:9"))
+        .set_with(
+            "cart:1",
+            s("total 10"),
+            &cache.options().depends_on("price:9"),
+        )
         .unwrap();
     cache.set("price:9", s("12")).unwrap();
     assert!(!cache.contains("cart:1").unwrap());
@@ -129,9 +154,15 @@ async fn tag_invalidation_during_a_load_fences_it() {
     loader.release();
     call.await.unwrap().unwrap();
     assert!(!cache.contains("k").unwrap());
-    cache.get_or_load_with("k", &opts, loader.load()).await.unwrap();
+    cache
+        .get_or_load_with("k", &opts, loader.load())
+        .await
+        .unwrap();
     assert_eq!(loader.calls(), 2);
-    assert!(cache.contains("k").unwrap(), "a load started after the invalidation stores");
+    assert!(
+        cache.contains("k").unwrap(),
+        "a load started after the invalidation stores"
+    );
 }
 
 #[tokio::test]
@@ -144,7 +175,11 @@ async fn removing_a_dependency_during_a_load_fences_the_dependant() {
     let opts = cache.options().depends_on("user:1");
     let call = {
         let (cache, loader) = (cache.clone(), loader.clone());
-        tokio::spawn(async move { cache.get_or_load_with("profile:1", &opts, loader.load()).await })
+        tokio::spawn(async move {
+            cache
+                .get_or_load_with("profile:1", &opts, loader.load())
+                .await
+        })
     };
     loader.wait_for_calls(1).await;
     cache.remove("user:1").unwrap();

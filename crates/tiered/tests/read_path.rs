@@ -1,6 +1,8 @@
 //! The basic read path over L1: get, set, remove, contains, clear, get_or_load,
 //! negative caching, the existence filter, and bad input changing nothing.
 
+#![allow(clippy::unwrap_used)] // in tests an unwrap is an assertion
+
 mod common;
 
 use std::sync::Arc;
@@ -14,8 +16,14 @@ async fn get_or_load_loads_once_then_hits() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
     let loader = Loader::returning(s("v1"));
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("v1")));
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("v1")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("v1"))
+    );
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("v1"))
+    );
     assert_eq!(val(cache.get("k").await), Some(s("v1")));
     assert_eq!(loader.calls(), 1);
     let stats = cache.stats();
@@ -32,7 +40,10 @@ async fn l1_hit_returns_the_same_arc_without_copying() {
     cache.set("k", s("shared")).unwrap();
     let a = cache.get("k").await.unwrap().unwrap();
     let b = cache.get("k").await.unwrap().unwrap();
-    assert!(Arc::ptr_eq(&a, &b), "an L1 hit must hand out the stored Arc");
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "an L1 hit must hand out the stored Arc"
+    );
 }
 
 #[tokio::test]
@@ -67,11 +78,17 @@ async fn entries_expire_at_their_ttl() {
     clock.advance(secs(9));
     assert!(cache.contains("short").unwrap());
     clock.advance(SEC);
-    assert!(!cache.contains("short").unwrap(), "expires exactly at its TTL");
+    assert!(
+        !cache.contains("short").unwrap(),
+        "expires exactly at its TTL"
+    );
     assert_eq!(val(cache.get("short").await), None);
     assert!(cache.contains("long").unwrap());
     let loader = Loader::returning(s("reloaded"));
-    assert_eq!(val(cache.get_or_load("short", loader.load()).await), Some(s("reloaded")));
+    assert_eq!(
+        val(cache.get_or_load("short", loader.load()).await),
+        Some(s("reloaded"))
+    );
     assert_eq!(loader.calls(), 1);
 }
 
@@ -84,7 +101,10 @@ async fn negative_results_are_cached_for_negative_ttl() {
         assert_eq!(val(cache.get_or_load("missing", loader.load()).await), None);
     }
     assert_eq!(loader.calls(), 1, "absence is cached");
-    assert!(!cache.contains("missing").unwrap(), "absent is not 'contained'");
+    assert!(
+        !cache.contains("missing").unwrap(),
+        "absent is not 'contained'"
+    );
     assert_eq!(cache.stats().negative_hits, 9);
     clock.advance(secs(5));
     assert_eq!(val(cache.get_or_load("missing", loader.load()).await), None);
@@ -112,9 +132,19 @@ async fn existence_filter_answers_absent_without_loading() {
         .build()
         .unwrap();
     let loader = Loader::returning(s("row"));
-    assert_eq!(val(cache.get_or_load("user:1", loader.load()).await), Some(s("row")));
-    assert_eq!(val(cache.get_or_load("user:999", loader.load()).await), None);
-    assert_eq!(loader.calls(), 1, "the filtered key never reached the loader");
+    assert_eq!(
+        val(cache.get_or_load("user:1", loader.load()).await),
+        Some(s("row"))
+    );
+    assert_eq!(
+        val(cache.get_or_load("user:999", loader.load()).await),
+        None
+    );
+    assert_eq!(
+        loader.calls(),
+        1,
+        "the filtered key never reached the loader"
+    );
     assert_eq!(cache.stats().filtered, 1);
     // `set` teaches the filter the key exists.
     cache.set("user:2", s("new")).unwrap();
@@ -130,7 +160,10 @@ async fn loader_errors_reach_the_caller_and_are_not_cached() {
     let err = cache.get_or_load("k", loader.load()).await.unwrap_err();
     assert!(matches!(err, Error::Loader(_)), "{err:?}");
     assert!(err.to_string().contains("db down"));
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("ok")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("ok"))
+    );
     assert_eq!(loader.calls(), 2, "the error was not cached");
     assert_eq!(cache.stats().load_errors, 1);
 }
@@ -142,8 +175,14 @@ async fn bad_keys_are_refused_and_change_nothing() {
     let long = "k".repeat(MAX_KEY_LEN + 1);
     let loader = Loader::returning(s("v"));
     for key in ["", long.as_str()] {
-        assert!(matches!(cache.get(key).await, Err(Error::InvalidKey { .. })));
-        assert!(matches!(cache.set(key, s("v")), Err(Error::InvalidKey { .. })));
+        assert!(matches!(
+            cache.get(key).await,
+            Err(Error::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            cache.set(key, s("v")),
+            Err(Error::InvalidKey { .. })
+        ));
         assert!(matches!(cache.remove(key), Err(Error::InvalidKey { .. })));
         assert!(matches!(cache.contains(key), Err(Error::InvalidKey { .. })));
         assert!(matches!(
@@ -176,7 +215,10 @@ async fn bad_options_are_refused_and_change_nothing() {
     for opts in &bad {
         let e = cache.set_with("k", s("changed"), opts).unwrap_err();
         assert!(matches!(e, Error::InvalidOption { .. }), "{e:?}");
-        let e = cache.get_or_load_with("new", opts, loader.load()).await.unwrap_err();
+        let e = cache
+            .get_or_load_with("new", opts, loader.load())
+            .await
+            .unwrap_err();
         assert!(matches!(e, Error::InvalidOption { .. }), "{e:?}");
     }
     assert_eq!(val(cache.get("k").await), Some(s("original")));
@@ -192,7 +234,10 @@ fn bad_configuration_is_refused() {
         let e = Cache::<String>::builder(ns).build().unwrap_err();
         assert!(matches!(e, Error::InvalidConfig(_)), "{ns:?}: {e:?}");
     }
-    assert!(Cache::<String>::builder("ok").l1_max_bytes(0).build().is_err());
+    assert!(Cache::<String>::builder("ok")
+        .l1_max_bytes(0)
+        .build()
+        .is_err());
     assert!(Cache::<String>::builder("ok")
         .ttl(std::time::Duration::ZERO)
         .build()
@@ -201,7 +246,10 @@ fn bad_configuration_is_refused() {
         .default_options(Options::default().eager_refresh(2.0))
         .build()
         .is_err());
-    assert!(Cache::<String>::builder("ok").top_keys(8, 0).build().is_err());
+    assert!(Cache::<String>::builder("ok")
+        .top_keys(8, 0)
+        .build()
+        .is_err());
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Stampede protection in one process: single-flight loads, and keys that are
 //! never wedged by a loader that panics, hangs or whose callers go away.
 
+#![allow(clippy::unwrap_used)] // in tests an unwrap is an assertion
+
 mod common;
 
 use std::collections::HashMap;
@@ -50,7 +52,10 @@ async fn a_panicking_loader_does_not_wedge_the_key() {
     let err = cache.get_or_load("k", loader.load()).await.unwrap_err();
     assert!(matches!(err, Error::LoaderPanicked), "{err:?}");
     assert_eq!(cache.loads_in_flight(), 0);
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("recovered")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("recovered"))
+    );
     assert_eq!(loader.calls(), 2);
 }
 
@@ -59,14 +64,20 @@ async fn a_loader_that_panics_before_returning_its_future_is_caught() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
     let err = cache
-        .get_or_load("k", || -> std::future::Ready<Result<Option<String>, LoadError>> {
-            panic!("synchronous panic")
-        })
+        .get_or_load(
+            "k",
+            || -> std::future::Ready<Result<Option<String>, LoadError>> {
+                panic!("synchronous panic")
+            },
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::LoaderPanicked), "{err:?}");
     let loader = Loader::returning(s("fine"));
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("fine")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("fine"))
+    );
 }
 
 #[tokio::test]
@@ -91,7 +102,10 @@ async fn waiters_of_a_panicking_load_all_get_the_error_then_the_next_call_loads(
         assert!(matches!(w.await.unwrap(), Err(Error::LoaderPanicked)));
     }
     assert_eq!(loader.calls(), 1);
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("second")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("second"))
+    );
     assert_eq!(loader.calls(), 2);
 }
 
@@ -105,7 +119,10 @@ async fn a_hung_loader_is_cancelled_at_the_hard_timeout_and_the_key_is_free() {
     let err = cache.get_or_load("k", loader.load()).await.unwrap_err();
     assert!(matches!(err, Error::Timeout(d) if d == secs(2)), "{err:?}");
     assert_eq!(cache.loads_in_flight(), 0);
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("after")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("after"))
+    );
     assert_eq!(loader.calls(), 2);
 }
 
@@ -127,7 +144,10 @@ async fn a_cancelled_caller_does_not_cancel_the_load() {
         tokio::task::yield_now().await;
     }
     // The load finished and stored its value: the next caller hits.
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("v")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("v"))
+    );
     assert_eq!(loader.calls(), 1);
     assert_eq!(loader.finished(), 1);
 }
@@ -184,7 +204,11 @@ async fn get_many_or_load_makes_one_loader_call_for_all_misses() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let mut requested = seen.lock()[0].clone();
     requested.sort();
-    assert_eq!(requested, vec!["b", "c", "missing-d"], "only misses, once each");
+    assert_eq!(
+        requested,
+        vec!["b", "c", "missing-d"],
+        "only misses, once each"
+    );
     assert_eq!(got.len(), 3);
     assert_eq!(*got["a"], "cached-a");
     assert_eq!(*got["b"], "v-b");

@@ -2,6 +2,8 @@
 //! for loader timeouts): eager refresh, XFetch, grace and fail-safe, back-off,
 //! soft and hard timeouts, jitter, adaptive TTL. Nothing here sleeps.
 
+#![allow(clippy::unwrap_used)] // in tests an unwrap is an assertion
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,14 +24,24 @@ async fn settle(cache: &tiered::Cache<String>) {
 #[tokio::test]
 async fn eager_refresh_starts_one_background_refresh_and_never_blocks() {
     let clock = ManualClock::new();
-    let cache = builder(&clock).ttl(secs(100)).eager_refresh(0.8).build().unwrap();
+    let cache = builder(&clock)
+        .ttl(secs(100))
+        .eager_refresh(0.8)
+        .build()
+        .unwrap();
     let loader = Loader::returning(s("v1"));
     loader.then(Step::Value(s("v1")));
     loader.set_fallback(Step::Value(s("v2")));
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("v1")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("v1"))
+    );
 
     clock.advance(secs(79));
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("v1")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("v1"))
+    );
     settle(&cache).await;
     assert_eq!(loader.calls(), 1, "before 80% of the TTL: no refresh");
 
@@ -37,14 +49,21 @@ async fn eager_refresh_starts_one_background_refresh_and_never_blocks() {
     loader.hold();
     // Many hits past the refresh point: all served at once, one refresh started.
     for _ in 0..20 {
-        assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("v1")));
+        assert_eq!(
+            val(cache.get_or_load("k", loader.load()).await),
+            Some(s("v1"))
+        );
     }
     loader.wait_for_calls(2).await;
     loader.release();
     settle(&cache).await;
     assert_eq!(loader.calls(), 2, "exactly one background refresh");
     assert_eq!(cache.stats().refreshes, 1);
-    assert_eq!(val(cache.get("k").await), Some(s("v2")), "refresh replaced the value");
+    assert_eq!(
+        val(cache.get("k").await),
+        Some(s("v2")),
+        "refresh replaced the value"
+    );
 
     // The refreshed entry has a new TTL from the refresh time.
     clock.advance(secs(99));
@@ -64,12 +83,18 @@ async fn a_failed_background_refresh_keeps_the_value_and_backs_off() {
     cache.get_or_load("k", loader.load()).await.unwrap();
     loader.set_fallback(Step::Fail("db down".into()));
     clock.advance(secs(60));
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("v1")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("v1"))
+    );
     settle(&cache).await;
     assert_eq!(loader.calls(), 2);
     // Backing off: hits do not retry the refresh for 10 s.
     for _ in 0..5 {
-        assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("v1")));
+        assert_eq!(
+            val(cache.get_or_load("k", loader.load()).await),
+            Some(s("v1"))
+        );
     }
     settle(&cache).await;
     assert_eq!(loader.calls(), 2);
@@ -100,7 +125,11 @@ async fn xfetch_refreshes_early_when_the_load_was_slow_and_expiry_is_near() {
         cache.get_or_load("far", loader.load()).await.unwrap();
     }
     settle(&cache).await;
-    assert!(loader.calls() - 1 <= 2, "far from expiry: {} refreshes", loader.calls() - 1);
+    assert!(
+        loader.calls() - 1 <= 2,
+        "far from expiry: {} refreshes",
+        loader.calls() - 1
+    );
 
     slow.store(true, Ordering::SeqCst);
     cache.get_or_load("near", loader.load()).await.unwrap();
@@ -109,10 +138,16 @@ async fn xfetch_refreshes_early_when_the_load_was_slow_and_expiry_is_near() {
     // 1 s from expiry, P(refresh) per hit = e^(-1/10) ≈ 90%: 30 hits without
     // one has probability 1e-30.
     for _ in 0..30 {
-        assert_eq!(val(cache.get_or_load("near", loader.load()).await), Some(s("v")));
+        assert_eq!(
+            val(cache.get_or_load("near", loader.load()).await),
+            Some(s("v"))
+        );
     }
     settle(&cache).await;
-    assert!(loader.calls() > before, "near expiry with a slow loader: must refresh");
+    assert!(
+        loader.calls() > before,
+        "near expiry with a slow loader: must refresh"
+    );
     assert!(cache.stats().refreshes >= 1);
 }
 
@@ -145,7 +180,10 @@ async fn stale_value_is_served_when_the_loader_fails_within_grace() {
 
     clock.advance(secs(11)); // expired, within grace
     assert_eq!(val(cache.get("k").await), None, "get never returns stale");
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("good")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("good"))
+    );
     assert_eq!(loader.calls(), 2);
     let stats = cache.stats();
     assert_eq!(stats.stale_hits, 1);
@@ -153,14 +191,20 @@ async fn stale_value_is_served_when_the_loader_fails_within_grace() {
 
     // Back-off: the stale value is served without calling the loader.
     clock.advance(secs(4));
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("good")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("good"))
+    );
     assert_eq!(loader.calls(), 2, "backing off");
     assert_eq!(cache.stats().stale_hits, 2);
 
     // After the back-off the loader is tried again; it recovers.
     clock.advance(secs(1));
     loader.set_fallback(Step::Value(s("fresh")));
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("fresh")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("fresh"))
+    );
     assert_eq!(loader.calls(), 3);
     assert!(cache.contains("k").unwrap(), "the error was never cached");
 }
@@ -168,7 +212,11 @@ async fn stale_value_is_served_when_the_loader_fails_within_grace() {
 #[tokio::test]
 async fn nothing_is_served_past_the_grace_window() {
     let clock = ManualClock::new();
-    let cache = builder(&clock).ttl(secs(10)).grace(secs(20)).build().unwrap();
+    let cache = builder(&clock)
+        .ttl(secs(10))
+        .grace(secs(20))
+        .build()
+        .unwrap();
     let loader = Loader::returning(s("good"));
     cache.get_or_load("k", loader.load()).await.unwrap();
     loader.set_fallback(Step::Fail("db down".into()));
@@ -205,12 +253,19 @@ async fn soft_timeout_serves_stale_and_the_load_completes_in_background() {
     clock.advance(secs(11));
     loader.set_fallback(Step::Value(s("new")));
     loader.hold(); // the database is slow
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("old")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("old"))
+    );
     assert_eq!(cache.stats().stale_hits, 1);
     assert_eq!(cache.loads_in_flight(), 1, "the load goes on");
     loader.release();
     settle(&cache).await;
-    assert_eq!(val(cache.get("k").await), Some(s("new")), "stored when it arrived");
+    assert_eq!(
+        val(cache.get("k").await),
+        Some(s("new")),
+        "stored when it arrived"
+    );
     assert_eq!(loader.calls(), 2);
 }
 
@@ -246,7 +301,10 @@ async fn hard_timeout_with_stale_serves_stale() {
     cache.get_or_load("k", loader.load()).await.unwrap();
     clock.advance(secs(11));
     loader.set_fallback(Step::Hang);
-    assert_eq!(val(cache.get_or_load("k", loader.load()).await), Some(s("old")));
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("old"))
+    );
     assert_eq!(cache.loads_in_flight(), 0, "the hung load was abandoned");
     assert_eq!(cache.stats().load_errors, 1);
 }
@@ -271,7 +329,10 @@ async fn ttl_jitter_spreads_expiries_within_bounds() {
     assert_eq!(alive(&cache), 200, "no entry expires before its TTL");
     clock.advance(secs(26)); // t = 125: about half expired
     let mid = alive(&cache);
-    assert!((40..=160).contains(&mid), "jitter spreads expiries: {mid} of 200 alive");
+    assert!(
+        (40..=160).contains(&mid),
+        "jitter spreads expiries: {mid} of 200 alive"
+    );
     clock.advance(secs(25)); // t = 150 = ttl + jitter
     assert_eq!(alive(&cache), 0, "no entry outlives ttl + jitter");
 }

@@ -111,7 +111,9 @@ impl<V> L1<V> {
     pub(crate) fn insert(&self, key: Arc<str>, entry: Arc<Entry<V>>, now: Timestamp) -> Inserted {
         let hash = self.hasher.hash_one(&*key);
         let weight = entry.weight;
-        self.shard(hash).write().insert(key, hash, entry, weight, now)
+        self.shard(hash)
+            .write()
+            .insert(key, hash, entry, weight, now)
     }
 
     /// Removes `key`, returning what was there.

@@ -54,7 +54,11 @@ fn never_exceeds_the_budget_under_random_operations() {
                 shard.get(&key(k));
             }
         }
-        assert!(shard.bytes() <= budget, "step {step}: {} > {budget}", shard.bytes());
+        assert!(
+            shard.bytes() <= budget,
+            "step {step}: {} > {budget}",
+            shard.bytes()
+        );
         shard.check_invariants();
     }
 }
@@ -98,7 +102,10 @@ fn frequently_hit_keys_survive_a_scan() {
         shard.insert(key(k), k, entry(10, HOUR), 10, NOW);
     }
     let survivors = (0..50).filter(|&k| shard.get(&key(k)).is_some()).count();
-    assert!(survivors >= 45, "only {survivors} of 50 hot keys survived the scan");
+    assert!(
+        survivors >= 45,
+        "only {survivors} of 50 hot keys survived the scan"
+    );
 }
 
 #[test]
@@ -115,7 +122,10 @@ fn expired_entries_are_reclaimed_before_live_ones_are_evicted() {
     let later = NOW.saturating_add(Duration::from_secs(2));
     let out = shard.insert(key(10), 10, entry(40, HOUR), 40, later);
     assert!(out.stored);
-    assert_eq!(out.evicted, 0, "expired entries made the room; no live eviction");
+    assert_eq!(
+        out.evicted, 0,
+        "expired entries made the room; no live eviction"
+    );
     for k in 5..=10 {
         assert!(shard.get(&key(k)).is_some(), "live key {k} kept");
     }
@@ -142,7 +152,10 @@ fn tier_splits_the_budget_and_never_exceeds_it() {
         l1.insert(key(i), entry(w, HOUR), NOW);
     }
     assert!(l1.weighted_size() <= budget);
-    assert!(l1.weighted_size() > budget / 2, "the budget is actually used");
+    assert!(
+        l1.weighted_size() > budget / 2,
+        "the budget is actually used"
+    );
     assert!(l1.len() > 0);
 }
 

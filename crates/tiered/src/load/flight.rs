@@ -102,7 +102,11 @@ impl<V> Registry<'_, V> {
     /// Joins `key`'s flight, or — after `recheck` finds nothing usable — starts one.
     /// The re-check under the lock closes the gap between a caller's L1 miss and a
     /// flight that finished (installed and unregistered) just before this call.
-    pub(crate) fn join<E>(&mut self, key: &Arc<str>, recheck: impl FnOnce() -> Option<E>) -> Joined<V, E> {
+    pub(crate) fn join<E>(
+        &mut self,
+        key: &Arc<str>,
+        recheck: impl FnOnce() -> Option<E>,
+    ) -> Joined<V, E> {
         if let Some(flight) = self.map.get(&**key) {
             return Joined::Wait(Ticket {
                 rx: flight.tx.subscribe(),

@@ -96,7 +96,8 @@ impl<V: Value> Inner<V> {
             Ok(mut loaded) => {
                 for job in &jobs {
                     let value = loaded.remove(&*job.key).map(Arc::new);
-                    let entry = self.build_entry(&job.key, value.clone(), &opts, born, now, duration);
+                    let entry =
+                        self.build_entry(&job.key, value.clone(), &opts, born, now, duration);
                     self.complete(job, Ok(value), entry, now);
                 }
             }
@@ -145,7 +146,11 @@ impl<V: Value> Inner<V> {
         load_duration: Duration,
     ) -> Option<Entry<V>> {
         let (ttl, grace, weight) = match &value {
-            Some(v) => (self.adaptive_ttl(key, opts), opts.grace, (self.weigher)(key, v)),
+            Some(v) => (
+                self.adaptive_ttl(key, opts),
+                opts.grace,
+                (self.weigher)(key, v),
+            ),
             // A cached "absent" has no grace: there is nothing to fall back to.
             None => (opts.negative_ttl?, Duration::ZERO, NEGATIVE_WEIGHT),
         };
@@ -180,7 +185,10 @@ impl<V: Value> Inner<V> {
             return opts.ttl;
         };
         match self.l1.peek(key) {
-            Some(prev) if prev.hits.load(std::sync::atomic::Ordering::Relaxed) >= u64::from(rule.min_hits) => {
+            Some(prev)
+                if prev.hits.load(std::sync::atomic::Ordering::Relaxed)
+                    >= u64::from(rule.min_hits) =>
+            {
                 prev.ttl.saturating_mul(2).clamp(opts.ttl, rule.max_ttl)
             }
             _ => opts.ttl,
@@ -200,7 +208,10 @@ fn jitter(max: Duration) -> Duration {
 }
 
 /// Calls the loader, enforcing the hard timeout and turning a panic into an error.
-async fn call_loader<V>(call: LoaderCall<V>, hard_timeout: Option<Duration>) -> Result<Loaded<V>, Error> {
+async fn call_loader<V>(
+    call: LoaderCall<V>,
+    hard_timeout: Option<Duration>,
+) -> Result<Loaded<V>, Error> {
     // The call itself is inside the guarded future: a loader that panics before
     // returning its future is caught too.
     let guarded = AssertUnwindSafe(async move { call().await }).catch_unwind();
