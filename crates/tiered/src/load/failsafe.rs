@@ -7,7 +7,7 @@
 //! * the load has not finished after the soft timeout (the load continues in the
 //!   background and stores its result when it arrives);
 //! * the load failed, panicked or hit its hard timeout. The error is not cached;
-//!   the stale entry is marked to back off (see [`super::Inner::run_load`]) so the
+//!   the stale entry is marked to back off (by the load task, see [`crate::load`]) so the
 //!   loader is not called again for `failsafe_backoff`.
 //!
 //! The other place stale values are served is the lookup itself: a stale entry

@@ -14,8 +14,8 @@
 //! run. The price is that loaders must be `Send + 'static` (clone what they need,
 //! e.g. an `Arc` of the database pool, into the closure).
 
-pub(crate) mod failsafe;
-pub(crate) mod flight;
+pub mod failsafe;
+pub mod flight;
 
 use std::collections::HashMap;
 use std::future::Future;
