@@ -38,4 +38,8 @@ echo "--- bench smoke: l1-hit"
 cargo run --quiet -p tiered-bench --bin l1-hit -- --threads 1 --ops 20000 --rounds 1
 
 # Unit, integration and doc tests of every crate (last, so its summary closes the run).
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+# One total for the whole suite, in the plain "N passed, N failed" form.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"

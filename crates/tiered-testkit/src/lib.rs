@@ -63,6 +63,19 @@ struct State<V> {
 /// Each call takes the next scripted [`Step`], or the fallback when the script is
 /// empty. While [held](Loader::hold), calls wait (after being counted) until
 /// [`release`](Loader::release).
+///
+/// ```
+/// use tiered_testkit::{LoadError, Loader, Step};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let loader = Loader::returning("row".to_string());
+/// loader.then(Step::Fail("db down".into()));
+/// assert_eq!((loader.load())().await, Err(LoadError("db down".into())));
+/// assert_eq!((loader.load())().await, Ok(Some("row".to_string())));
+/// assert_eq!(loader.calls(), 2);
+/// # }
+/// ```
 pub struct Loader<V> {
     state: Arc<State<V>>,
 }
@@ -169,5 +182,49 @@ impl<V: Clone + Send + Sync + 'static> Loader<V> {
                 result
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn steps_run_in_order_then_the_fallback() {
+        let loader = Loader::returning(1u32);
+        loader.then(Step::Absent).then(Step::Value(7));
+        assert_eq!((loader.load())().await, Ok(None));
+        assert_eq!((loader.load())().await, Ok(Some(7)));
+        assert_eq!((loader.load())().await, Ok(Some(1)));
+        assert_eq!((loader.calls(), loader.finished()), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn held_calls_wait_until_released() {
+        let loader = Loader::returning(5u32);
+        loader.hold();
+        let call = tokio::spawn((loader.load())());
+        loader.wait_for_calls(1).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!call.is_finished());
+        assert_eq!(loader.finished(), 0);
+        loader.release();
+        assert_eq!(call.await.expect("task"), Ok(Some(5)));
+    }
+
+    #[tokio::test]
+    async fn panics_and_hooks_happen() {
+        let loader = Loader::new(Step::<u32>::Panic);
+        let hooked = Arc::new(AtomicUsize::new(0));
+        let h = Arc::clone(&hooked);
+        loader.on_call(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+        });
+        let joined = tokio::spawn((loader.load())()).await;
+        assert!(joined.expect_err("must panic").is_panic());
+        assert_eq!(hooked.load(Ordering::SeqCst), 1);
+        assert_eq!(loader.finished(), 0);
     }
 }
