@@ -166,7 +166,8 @@ impl Invalidations {
         parent.tags.iter().filter(|t| is_dependency(t))
     }
 
-    /// Whether an entry born at `born` with `tags` is still valid.
+    /// Whether `entry` is still valid: born after the last `clear` and after the
+    /// last invalidation of each of its tags.
     pub(crate) fn is_valid<V>(&self, entry: &Entry<V>) -> bool {
         if entry.born < self.cleared_at.load(Ordering::SeqCst) {
             return false;
@@ -192,9 +193,13 @@ impl Invalidations {
         true
     }
 
-    /// Whether a load born at `born` may still install its result.
+    /// Whether a freshly loaded `entry` may be installed: valid, and not older
+    /// than the pruned records.
     pub(crate) fn may_install<V>(&self, entry: &Entry<V>) -> bool {
-        entry.born >= self.records.read().floor && self.is_valid(entry)
+        // Read the floor in its own statement: the guard must be released before
+        // `is_valid` locks again (a recursive read can deadlock behind a writer).
+        let floor = self.records.read().floor;
+        entry.born >= floor && self.is_valid(entry)
     }
 
     fn prune(&self, records: &mut Records, now: Timestamp) {
