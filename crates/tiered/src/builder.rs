@@ -17,6 +17,9 @@ use crate::Value;
 
 /// The default L1 budget: 64 MiB.
 pub const DEFAULT_L1_BYTES: u64 = 64 << 20;
+/// The largest L1 budget accepted (2^62 bytes), which keeps the tier's byte
+/// arithmetic far from overflow whatever a weigher returns.
+pub const MAX_L1_BYTES: u64 = 1 << 62;
 
 /// Builds a [`Cache`]. Start with [`Cache::builder`].
 ///
@@ -64,7 +67,8 @@ impl<V: Value> CacheBuilder<V> {
         self
     }
 
-    /// The L1 byte budget (default [`DEFAULT_L1_BYTES`]). Must be non-zero.
+    /// The L1 byte budget (default [`DEFAULT_L1_BYTES`]). Must be in
+    /// `1..=MAX_L1_BYTES`.
     pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
         self.l1_max_bytes = bytes;
         self
@@ -169,8 +173,11 @@ impl<V: Value> CacheBuilder<V> {
     /// options out of range.
     pub fn build(self) -> Result<Cache<V>> {
         validate_namespace(&self.namespace)?;
-        if self.l1_max_bytes == 0 {
-            return Err(Error::InvalidConfig("l1_max_bytes must be non-zero".into()));
+        if self.l1_max_bytes == 0 || self.l1_max_bytes > MAX_L1_BYTES {
+            return Err(Error::InvalidConfig(format!(
+                "l1_max_bytes must be in 1..={MAX_L1_BYTES}, got {}",
+                self.l1_max_bytes
+            )));
         }
         if self.top_keys_sample == 0 {
             return Err(Error::InvalidConfig(

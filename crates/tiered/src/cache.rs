@@ -4,7 +4,7 @@
 //! about a key) → [`crate::load::flight`] (joining or starting a load) →
 //! [`crate::load`] (the load task) → [`crate::load::failsafe`] (stale fallback).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::invalidate::{self, Invalidations, TagId};
 use crate::key::validate_key;
 use crate::l1::L1;
 use crate::load::flight::{Flights, Joined, Ticket};
-use crate::load::{Job, Loaded, LoaderCall};
+use crate::load::{Job, LoadTask, Loaded, LoaderCall};
 use crate::options::{validate_tag, Options};
 use crate::stats::{Recorder, Stats};
 use crate::topk::{HotKey, TopKeys};
@@ -271,8 +271,15 @@ impl<V: Value> Cache<V> {
         E: Into<BoxError> + 'static,
     {
         opts.validate()?;
+        if keys.len() > MAX_BATCH_KEYS {
+            return Err(Error::option(
+                "keys",
+                format!("at most {MAX_BATCH_KEYS} keys per call, got {}", keys.len()),
+            ));
+        }
         for key in keys {
             validate_key(key.as_ref())?;
+            check_not_self_dependent(key.as_ref(), opts)?;
         }
         self.inner
             .get_many_or_load(keys, Arc::new(opts.clone()), loader)
@@ -300,14 +307,12 @@ impl<V: Value> Cache<V> {
         validate_key(key)?;
         opts.validate()?;
         let inner = &self.inner;
+        check_not_self_dependent(key, opts)?;
         let now = inner.clock.now();
-        inner
-            .invalidations
-            .declare_dependencies(&opts.depends_on, now);
-        let born = inner.invalidations.current();
+        let born = inner.begin_load(opts, now);
         let entry = inner.build_entry(key, Some(Arc::new(value)), opts, born, now, Duration::ZERO);
         {
-            let mut registry = inner.flights.lock();
+            let mut registry = inner.flights.lock(key);
             registry.fence(key);
             if let Some(entry) = entry {
                 inner.store(Arc::from(key), entry, now);
@@ -331,7 +336,7 @@ impl<V: Value> Cache<V> {
         validate_key(key)?;
         let inner = &self.inner;
         let removed = {
-            let mut registry = inner.flights.lock();
+            let mut registry = inner.flights.lock(key);
             registry.fence(key);
             inner.l1.remove(key).is_some()
         };
@@ -357,9 +362,10 @@ impl<V: Value> Cache<V> {
     /// Removes every entry. Loads already running will not store their results.
     pub fn clear(&self) {
         let inner = &self.inner;
-        let mut registry = inner.flights.lock();
+        // Order matters: once the stamp has moved, no load born before it can
+        // install (`may_install`), so fencing and emptying L1 need no global lock.
         inner.invalidations.clear();
-        registry.fence_all();
+        inner.flights.fence_all();
         inner.l1.clear();
     }
 
@@ -496,6 +502,14 @@ impl<V: Value> Inner<V> {
         tags.into_boxed_slice()
     }
 
+    /// The stamp a load (or `set`) starting now is born with. Dependencies are
+    /// declared first, so that removing one while the loader runs fences the load.
+    pub(crate) fn begin_load(&self, opts: &Options, now: Timestamp) -> u64 {
+        self.invalidations
+            .declare_dependencies(&opts.depends_on, now);
+        self.invalidations.current()
+    }
+
     async fn get_or_load<F, Fut, E>(
         self: &Arc<Self>,
         key: &str,
@@ -508,6 +522,7 @@ impl<V: Value> Inner<V> {
         E: Into<BoxError> + 'static,
     {
         validate_key(key)?;
+        check_not_self_dependent(key, &opts)?;
         self.top.record(key);
         let now = self.clock.now();
         let stale = match self.lookup(key, now) {
@@ -517,7 +532,14 @@ impl<V: Value> Inner<V> {
                 if !entry.backing_off(now) {
                     // No runtime: serve the hit, skip the refresh.
                     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        self.refresh_in_background(&runtime, key, entry, opts.to_arc(), loader);
+                        let key: Arc<str> = Arc::from(key);
+                        let call = single_call(&key, loader);
+                        self.refresh_in_background(
+                            &runtime,
+                            vec![(key, entry)],
+                            opts.to_arc(),
+                            call,
+                        );
                     }
                 }
                 return Ok(value);
@@ -537,7 +559,13 @@ impl<V: Value> Inner<V> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let soft_timeout = opts.soft_timeout;
         let key: Arc<str> = Arc::from(key);
-        let joined = self.flights.lock().join(&key, || self.recheck(&key));
+        let born = self.begin_load(&opts, now);
+        let joined = self
+            .flights
+            .lock(&key)
+            .join(&key, born, self.invalidations.latest(), || {
+                self.recheck(&key)
+            });
         let ticket = match joined {
             Joined::Found(value) => return Ok(value),
             Joined::Wait(ticket) => {
@@ -550,17 +578,12 @@ impl<V: Value> Inner<V> {
                     flight,
                     previous: stale.clone(),
                 };
-                self.spawn_load(
-                    &runtime,
-                    vec![job],
-                    opts.to_arc(),
-                    false,
-                    single_call(&key, loader),
-                );
+                let call = single_call(&key, loader);
+                self.spawn_load(&runtime, vec![job], opts.to_arc(), born, false, call);
                 ticket
             }
         };
-        self.await_load(ticket, stale, soft_timeout).await
+        self.await_load(&key, ticket, stale, soft_timeout).await
     }
 
     async fn get_many_or_load<K, F, Fut, E>(
@@ -577,18 +600,28 @@ impl<V: Value> Inner<V> {
     {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let now = self.clock.now();
+        let mut seen = HashSet::with_capacity(keys.len());
         let mut found = HashMap::new();
         let mut missing: Vec<(Arc<str>, Stale<V>)> = Vec::new();
+        let mut refresh: Vec<(Arc<str>, Arc<Entry<V>>)> = Vec::new();
         for key in keys {
             let key = key.as_ref();
-            if found.contains_key(key) || missing.iter().any(|(k, _)| &**k == key) {
+            if !seen.insert(key) {
                 continue; // duplicates are answered once
             }
             self.top.record(key);
             match self.lookup(key, now) {
-                Lookup::Hit(entry) | Lookup::RefreshAhead(entry) => {
+                Lookup::Hit(entry) => {
                     if let Some(value) = self.hit(&entry) {
                         found.insert(key.to_owned(), value);
+                    }
+                }
+                Lookup::RefreshAhead(entry) => {
+                    if let Some(value) = self.hit(&entry) {
+                        found.insert(key.to_owned(), value);
+                    }
+                    if !entry.backing_off(now) {
+                        refresh.push((Arc::from(key), entry));
                     }
                 }
                 Lookup::Stale(entry) if entry.backing_off(now) => {
@@ -610,44 +643,68 @@ impl<V: Value> Inner<V> {
                 }
             }
         }
+        if missing.is_empty() {
+            // Everything was served; the loader can still refresh what is due.
+            if !refresh.is_empty() {
+                self.refresh_in_background(&runtime, refresh, opts, batch_call(loader));
+            }
+            return Ok(found);
+        }
 
-        // Join running flights, lead the rest — all under one lock, so the set of
-        // keys this call loads is decided atomically.
+        // Join running flights and lead the rest. Keys due for refresh ride along
+        // in the same loader call (nobody waits on them).
+        let born = self.begin_load(&opts, now);
+        let oldest_joinable = self.invalidations.latest();
         let mut waits: Vec<(Arc<str>, Ticket<V>, Stale<V>)> = Vec::new();
         let mut jobs = Vec::new();
-        {
-            let mut registry = self.flights.lock();
-            for (key, stale) in missing {
-                match registry.join(&key, || self.recheck(&key)) {
-                    Joined::Found(Some(value)) => {
-                        found.insert(key.to_string(), value);
-                    }
-                    Joined::Found(None) => {}
-                    Joined::Wait(ticket) => {
-                        self.recorder.coalesced();
-                        waits.push((key, ticket, stale));
-                    }
-                    Joined::Lead(flight, ticket) => {
-                        jobs.push(Job {
-                            key: Arc::clone(&key),
-                            flight,
-                            previous: stale.clone(),
-                        });
-                        waits.push((key, ticket, stale));
-                    }
+        for (key, stale) in missing {
+            let joined = self
+                .flights
+                .lock(&key)
+                .join(&key, born, oldest_joinable, || self.recheck(&key));
+            match joined {
+                Joined::Found(Some(value)) => {
+                    found.insert(key.to_string(), value);
+                }
+                Joined::Found(None) => {}
+                Joined::Wait(ticket) => {
+                    self.recorder.coalesced();
+                    waits.push((key, ticket, stale));
+                }
+                Joined::Lead(flight, ticket) => {
+                    jobs.push(Job {
+                        key: Arc::clone(&key),
+                        flight,
+                        previous: stale.clone(),
+                    });
+                    waits.push((key, ticket, stale));
                 }
             }
         }
         if !jobs.is_empty() {
-            let requested: Vec<String> = jobs.iter().map(|j| j.key.to_string()).collect();
-            let call: LoaderCall<V> = Box::new(move || {
-                let fut = loader(requested);
-                Box::pin(async move { fut.await.map_err(Into::into) })
-            });
-            self.spawn_load(&runtime, jobs, Arc::clone(&opts), false, call);
+            for (key, entry) in refresh {
+                if let Some(flight) = self.flights.lock(&key).start_if_idle(&key, born) {
+                    jobs.push(Job {
+                        key,
+                        flight,
+                        previous: Some(entry),
+                    });
+                }
+            }
+            self.spawn_load(
+                &runtime,
+                jobs,
+                Arc::clone(&opts),
+                born,
+                false,
+                batch_call(loader),
+            );
         }
         for (key, ticket, stale) in waits {
-            if let Some(value) = self.await_load(ticket, stale, opts.soft_timeout).await? {
+            if let Some(value) = self
+                .await_load(&key, ticket, stale, opts.soft_timeout)
+                .await?
+            {
                 found.insert(key.to_string(), value);
             }
         }
@@ -674,29 +731,30 @@ impl<V: Value> Inner<V> {
         }
     }
 
-    /// Starts one background refresh of `key` unless a load is already running.
-    fn refresh_in_background<F, Fut, E>(
+    /// Starts one background refresh of `keys` (those not already loading) with
+    /// one loader call.
+    fn refresh_in_background(
         self: &Arc<Self>,
         runtime: &tokio::runtime::Handle,
-        key: &str,
-        entry: Arc<Entry<V>>,
+        keys: Vec<(Arc<str>, Arc<Entry<V>>)>,
         opts: Arc<Options>,
-        loader: F,
-    ) where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        let key: Arc<str> = Arc::from(key);
-        let Some(flight) = self.flights.lock().start_if_idle(&key) else {
-            return;
-        };
-        let job = Job {
-            key: Arc::clone(&key),
-            flight,
-            previous: Some(entry),
-        };
-        self.spawn_load(runtime, vec![job], opts, true, single_call(&key, loader));
+        call: LoaderCall<V>,
+    ) {
+        let born = self.begin_load(&opts, self.clock.now());
+        let jobs: Vec<Job<V>> = keys
+            .into_iter()
+            .filter_map(|(key, entry)| {
+                let flight = self.flights.lock(&key).start_if_idle(&key, born)?;
+                Some(Job {
+                    key,
+                    flight,
+                    previous: Some(entry),
+                })
+            })
+            .collect();
+        if !jobs.is_empty() {
+            self.spawn_load(runtime, jobs, opts, born, true, call);
+        }
     }
 
     fn spawn_load(
@@ -704,18 +762,29 @@ impl<V: Value> Inner<V> {
         runtime: &tokio::runtime::Handle,
         jobs: Vec<Job<V>>,
         opts: Arc<Options>,
+        born: u64,
         refresh: bool,
         call: LoaderCall<V>,
     ) {
-        // Dependencies are declared before the stamp is read, so that a removal of
-        // a dependency while the loader runs fences this load out.
-        let now = self.clock.now();
-        self.invalidations
-            .declare_dependencies(&opts.depends_on, now);
-        let born = self.invalidations.current();
-        let inner = Arc::clone(self);
-        runtime.spawn(inner.run_load(jobs, opts, born, refresh, call));
+        // The task owns its flights from here on: dropped unpolled, it still
+        // unregisters them.
+        let task = LoadTask::new(Arc::clone(self), jobs, opts, born, refresh);
+        runtime.spawn(task.run(call));
     }
+}
+
+/// The most keys one `get_many_or_load` call accepts.
+pub const MAX_BATCH_KEYS: usize = 65_536;
+
+/// An entry cannot depend on itself: storing it would invalidate it at once.
+fn check_not_self_dependent(key: &str, opts: &Options) -> Result<()> {
+    if opts.depends_on.iter().any(|d| d == key) {
+        return Err(Error::option(
+            "depends_on",
+            format!("the entry at {key:?} cannot depend on itself"),
+        ));
+    }
+    Ok(())
 }
 
 /// Options for one call: the cache's shared defaults, or the caller's. Only
@@ -755,7 +824,7 @@ where
     E: Into<BoxError> + 'static,
 {
     let key = key.to_string();
-    Box::new(move || {
+    Box::new(move |_keys| {
         let fut = loader();
         Box::pin(async move {
             let value = fut.await.map_err(Into::into)?;
@@ -765,5 +834,19 @@ where
             }
             Ok(loaded)
         })
+    })
+}
+
+/// Wraps a batch loader; it is called with the keys the task is loading.
+fn batch_call<V, F, Fut, E>(loader: F) -> LoaderCall<V>
+where
+    V: Value,
+    F: FnOnce(Vec<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = std::result::Result<HashMap<String, V>, E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    Box::new(move |keys| {
+        let fut = loader(keys);
+        Box::pin(async move { fut.await.map_err(Into::into) })
     })
 }

@@ -79,13 +79,14 @@ pub mod options;
 pub mod stats;
 pub mod topk;
 
-pub use builder::{CacheBuilder, DEFAULT_L1_BYTES};
+pub use builder::{CacheBuilder, DEFAULT_L1_BYTES, MAX_L1_BYTES};
+pub use cache::MAX_BATCH_KEYS;
 pub use cache::{Cache, WarmProgress, WarmReport};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{BoxError, Error, Result};
 pub use filter::BloomFilter;
 pub use key::{MAX_KEY_LEN, MAX_NAMESPACE_LEN};
-pub use options::{AdaptiveTtl, Options, MAX_TAGS, MAX_TAG_LEN, MAX_TTL};
+pub use options::{AdaptiveTtl, Options, DEFAULT_HARD_TIMEOUT, MAX_TAGS, MAX_TAG_LEN, MAX_TTL};
 pub use stats::{Stats, TierStats};
 pub use topk::HotKey;
 

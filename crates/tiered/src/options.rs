@@ -38,6 +38,8 @@ use crate::key::validate_key;
 /// The longest TTL (and grace, jitter, negative TTL) accepted: 365 days.
 /// Anything longer is almost certainly a unit mistake.
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The default loader hard timeout: 30 s.
+pub const DEFAULT_HARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most tags (plus dependencies) one entry may carry.
 pub const MAX_TAGS: usize = 64;
 /// The longest tag accepted, in bytes.
@@ -82,8 +84,9 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// TTL 60 s; no jitter, grace, eager refresh, XFetch, timeouts, negative
-    /// caching or adaptive TTL; fail-safe back-off 5 s (used once a grace is set).
+    /// TTL 60 s; hard timeout 30 s (so a hung loader can never hold a key); no
+    /// jitter, grace, eager refresh, XFetch, soft timeout, negative caching or
+    /// adaptive TTL; fail-safe back-off 5 s (used once a grace is set).
     fn default() -> Self {
         Options {
             ttl: Duration::from_secs(60),
@@ -93,7 +96,7 @@ impl Default for Options {
             eager_refresh: None,
             xfetch: None,
             soft_timeout: None,
-            hard_timeout: None,
+            hard_timeout: Some(DEFAULT_HARD_TIMEOUT),
             negative_ttl: None,
             adaptive_ttl: None,
             tags: Vec::new(),
@@ -156,7 +159,9 @@ impl Options {
     }
 
     /// Abandon the loader after this long: the load fails with [`Error::Timeout`]
-    /// (or serves stale, if any). Must be longer than the soft timeout.
+    /// (or serves stale, if any), and the key is free for the next caller. Default
+    /// [`DEFAULT_HARD_TIMEOUT`]; at most [`MAX_TTL`]. Must be longer than the soft
+    /// timeout.
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
         self.hard_timeout = Some(timeout);
         self

@@ -44,7 +44,9 @@ use crate::entry::Entry;
 /// so the two can never collide.
 pub(crate) type TagId = Arc<str>;
 
-/// Prune records once there are this many (amortizes the scan).
+/// Prune records once there are this many (amortizes the scan). After a prune
+/// the threshold becomes twice what survived, so a prune that frees little is
+/// not repeated on every invalidation: pruning stays amortized O(1).
 const PRUNE_AT: usize = 4096;
 
 pub(crate) fn user_tag(tag: &str) -> TagId {
@@ -59,7 +61,6 @@ fn is_dependency(tag: &TagId) -> bool {
     tag.starts_with("k:")
 }
 
-#[derive(Default)]
 struct Records {
     /// Tag → (stamp of its latest invalidation, when).
     tags: HashMap<TagId, (u64, Timestamp)>,
@@ -67,6 +68,8 @@ struct Records {
     depended_on: HashMap<Arc<str>, (u64, Timestamp)>,
     /// Loads born before this stamp are refused: records they would need were pruned.
     floor: u64,
+    /// Prune when `tags.len() + depended_on.len()` reaches this.
+    prune_at: usize,
 }
 
 pub(crate) struct Invalidations {
@@ -89,7 +92,12 @@ impl Invalidations {
             latest_tag: AtomicU64::new(0),
             has_dependencies: std::sync::atomic::AtomicBool::new(false),
             max_lifetime: AtomicU64::new(0),
-            records: RwLock::new(Records::default()),
+            records: RwLock::new(Records {
+                tags: HashMap::new(),
+                depended_on: HashMap::new(),
+                floor: 0,
+                prune_at: PRUNE_AT,
+            }),
         }
     }
 
@@ -100,6 +108,14 @@ impl Invalidations {
 
     fn next(&self) -> u64 {
         self.stamp.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The stamp of the latest tag invalidation or `clear`: a load born before it
+    /// may carry invalidated data, so new callers do not join it.
+    pub(crate) fn latest(&self) -> u64 {
+        self.latest_tag
+            .load(Ordering::SeqCst)
+            .max(self.cleared_at.load(Ordering::SeqCst))
     }
 
     /// Remembers the longest lifetime handed out, for pruning.
@@ -125,9 +141,7 @@ impl Invalidations {
             records.tags.insert(Arc::clone(tag), (s, now));
         }
         self.latest_tag.fetch_max(s, Ordering::SeqCst);
-        if records.tags.len() >= PRUNE_AT {
-            self.prune(&mut records, now);
-        }
+        self.maybe_prune(&mut records, now);
     }
 
     /// `key` was removed or replaced: invalidate what depends on it, if anything may.
@@ -156,9 +170,7 @@ impl Invalidations {
                 .depended_on
                 .insert(Arc::from(key.as_str()), (stamp, now));
         }
-        if records.depended_on.len() >= PRUNE_AT {
-            self.prune(&mut records, now);
-        }
+        self.maybe_prune(&mut records, now);
     }
 
     /// The dependency tags an entry inherits from `parent`'s entry.
@@ -202,7 +214,10 @@ impl Invalidations {
         entry.born >= floor && self.is_valid(entry)
     }
 
-    fn prune(&self, records: &mut Records, now: Timestamp) {
+    fn maybe_prune(&self, records: &mut Records, now: Timestamp) {
+        if records.tags.len() + records.depended_on.len() < records.prune_at {
+            return;
+        }
         let horizon = Duration::from_nanos(self.max_lifetime.load(Ordering::Relaxed));
         let mut floor = records.floor;
         let mut keep = |&mut (stamp, at): &mut (u64, Timestamp)| {
@@ -215,5 +230,7 @@ impl Invalidations {
         records.tags.retain(|_, record| keep(record));
         records.depended_on.retain(|_, record| keep(record));
         records.floor = floor;
+        let survivors = records.tags.len() + records.depended_on.len();
+        records.prune_at = PRUNE_AT.max(2 * survivors);
     }
 }

@@ -5,7 +5,7 @@
 //! skipped when it reaches the head. When dead nodes outnumber live ones the
 //! queues are compacted, so memory stays proportional to what the shard holds.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -39,29 +39,33 @@ struct Node {
     id: u64,
 }
 
-/// Hashes of recently evicted keys, in FIFO order, bounded.
+/// Hashes of recently evicted keys, in FIFO order, bounded. Each membership has a
+/// generation so that a stale `order` node (left behind by `take`) falling off the
+/// end cannot cancel a newer membership of the same hash.
 #[derive(Default)]
 struct Ghost {
-    order: VecDeque<u64>,
-    members: HashSet<u64, foldhash::fast::RandomState>,
+    order: VecDeque<(u64, u64)>,
+    members: HashMap<u64, u64, foldhash::fast::RandomState>,
+    generation: u64,
 }
 
 impl Ghost {
     fn insert(&mut self, hash: u64, capacity: usize) {
-        if self.members.insert(hash) {
-            self.order.push_back(hash);
-        }
+        self.generation += 1;
+        self.members.insert(hash, self.generation);
+        self.order.push_back((hash, self.generation));
         while self.order.len() > capacity.max(1) {
-            if let Some(old) = self.order.pop_front() {
-                self.members.remove(&old);
+            if let Some((old, generation)) = self.order.pop_front() {
+                if self.members.get(&old) == Some(&generation) {
+                    self.members.remove(&old);
+                }
             }
         }
     }
 
-    /// Removes `hash` if present; true if it was. (Its `order` node stays until it
-    /// falls off the end; a later re-insert of the same hash is then harmless.)
+    /// Removes `hash` if present; true if it was.
     fn take(&mut self, hash: u64) -> bool {
-        self.members.remove(&hash)
+        self.members.remove(&hash).is_some()
     }
 
     fn clear(&mut self) {
@@ -76,6 +80,8 @@ pub(super) struct Shard<V> {
     main: VecDeque<Node>,
     ghost: Ghost,
     budget: u64,
+    /// The small queue's share of `budget`.
+    small_budget: u64,
     bytes: u64,
     small_bytes: u64,
     next_id: u64,
@@ -89,6 +95,7 @@ impl<V> Shard<V> {
             main: VecDeque::new(),
             ghost: Ghost::default(),
             budget,
+            small_budget: budget / 100 * SMALL_PERCENT,
             bytes: 0,
             small_bytes: 0,
             next_id: 0,
@@ -208,7 +215,7 @@ impl<V> Shard<V> {
 
     /// Evicts (or promotes) one node. Returns false when nothing is left to evict.
     fn evict_one(&mut self, now: Timestamp, out: &mut Inserted) -> bool {
-        let small_over = self.small_bytes * 100 >= self.budget * SMALL_PERCENT;
+        let small_over = self.small_bytes >= self.small_budget;
         if (small_over || self.main.is_empty()) && self.evict_small(now, out) {
             return true;
         }

@@ -27,6 +27,7 @@ impl<V: Value> Inner<V> {
     /// Waits for a load's outcome, falling back to `stale` as described above.
     pub(crate) async fn await_load(
         &self,
+        key: &str,
         ticket: Ticket<V>,
         stale: Option<Arc<Entry<V>>>,
         soft_timeout: Option<Duration>,
@@ -35,7 +36,7 @@ impl<V: Value> Inner<V> {
         let outcome = match (&stale, soft_timeout) {
             (Some(_), Some(soft)) => match tokio::time::timeout(soft, &mut outcome).await {
                 Ok(outcome) => outcome,
-                Err(_elapsed) => match self.serve_stale(stale.as_deref()) {
+                Err(_elapsed) => match self.serve_stale(key, stale.as_ref()) {
                     Some(value) => return Ok(value),
                     // The grace window closed while we waited: keep waiting.
                     None => outcome.await,
@@ -45,17 +46,29 @@ impl<V: Value> Inner<V> {
         };
         match outcome {
             Ok(value) => Ok(value),
-            Err(error) => match self.serve_stale(stale.as_deref()) {
+            Err(error) => match self.serve_stale(key, stale.as_ref()) {
                 Some(value) => Ok(value),
                 None => Err(error),
             },
         }
     }
 
-    /// The stale value, if it is still within its grace window (counted as a stale hit).
-    pub(crate) fn serve_stale(&self, stale: Option<&Entry<V>>) -> Option<Option<Arc<V>>> {
+    /// The stale value, if it may still be served (counted as a stale hit): within
+    /// its grace window, not invalidated, and not removed or replaced in L1 since
+    /// the caller found it — a removal during the load must not be undone here.
+    pub(crate) fn serve_stale(
+        &self,
+        key: &str,
+        stale: Option<&Arc<Entry<V>>>,
+    ) -> Option<Option<Arc<V>>> {
         let stale = stale?;
-        if stale.is_gone(self.clock.now()) {
+        if stale.is_gone(self.clock.now())
+            || !self.invalidations.is_valid(stale)
+            || !self
+                .l1
+                .peek(key)
+                .is_some_and(|current| Arc::ptr_eq(&current, stale))
+        {
             return None;
         }
         self.recorder.stale();

@@ -4,16 +4,31 @@
 //! one and starts the load as a tokio task; later callers find the flight and
 //! subscribe to its outcome instead of calling the loader again.
 //!
-//! The registry's lock is also what makes "invalidate during load" safe: a
-//! `remove`/`set`/`clear` marks the key's flight *fenced* under the lock, and the
-//! load installs its result under the same lock only if it was not fenced — so a
-//! removal can never be undone by a load that started before it.
+//! # Fencing
 //!
-//! A flight is unregistered when its outcome is published, or — if its task dies
-//! without publishing (panic in our own code, runtime shutdown) — by a drop guard,
-//! so no key is ever wedged: the next caller finds no flight and loads again.
+//! The registry is also what makes "invalidate during load" safe. A `remove`,
+//! `set` or `clear` *fences* the key's flight under the registry lock: the flight
+//! is marked so its result is not stored, and it is unregistered so that callers
+//! arriving after the invalidation start a new load instead of joining one that
+//! read the data before it. The load installs its result under the same lock, so
+//! the check and the store cannot be split by an invalidation.
+//!
+//! Each flight records the invalidation stamp it was born with. A caller that
+//! finds a flight born before the latest tag invalidation or `clear` does not join
+//! it either (the flight might carry an invalidated tag): it fences it and starts
+//! a fresh one.
+//!
+//! # Never wedged
+//!
+//! A flight is unregistered when its outcome is published, when it is fenced, or
+//! — if its task is dropped without publishing (runtime shutdown, even before the
+//! task first ran) — by the task's drop guard. Waiters of a dropped flight get
+//! [`Error::LoadAborted`]; the next caller finds no flight and loads again.
+//!
+//! The registry is sharded by key so misses on different keys do not contend.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -25,14 +40,32 @@ use crate::error::Error;
 /// What a load produced for one key: the value, a definite "absent", or an error.
 pub(crate) type Outcome<V> = Result<Option<Arc<V>>, Error>;
 
+const SHARDS: usize = 64;
+
 pub(crate) struct Flight<V> {
     tx: watch::Sender<Option<Outcome<V>>>,
     fenced: AtomicBool,
+    /// The invalidation stamp the load was born with.
+    pub born: u64,
 }
 
 impl<V> Flight<V> {
+    fn new(born: u64) -> (Arc<Self>, Ticket<V>) {
+        let (tx, rx) = watch::channel(None);
+        let flight = Arc::new(Flight {
+            tx,
+            fenced: AtomicBool::new(false),
+            born,
+        });
+        (flight, Ticket { rx })
+    }
+
     pub(crate) fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst)
+    }
+
+    fn fence(&self) {
+        self.fenced.store(true, Ordering::SeqCst);
     }
 
     /// Publishes the outcome to every subscriber, present and future.
@@ -71,85 +104,95 @@ pub(crate) enum Joined<V, E> {
     Lead(Arc<Flight<V>>, Ticket<V>),
 }
 
+type Map<V> = HashMap<Arc<str>, Arc<Flight<V>>>;
+
 pub(crate) struct Flights<V> {
-    map: Mutex<HashMap<Arc<str>, Arc<Flight<V>>>>,
+    shards: Box<[Mutex<Map<V>>]>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl<V> Flights<V> {
     pub(crate) fn new() -> Self {
         Flights {
-            map: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
-    pub(crate) fn lock(&self) -> Registry<'_, V> {
+    /// Locks the shard holding `key`. Hold it only for map operations and the L1
+    /// insert of a load's result.
+    pub(crate) fn lock(&self, key: &str) -> Registry<'_, V> {
+        let i = self.hasher.hash_one(key) as usize % SHARDS;
         Registry {
-            map: self.map.lock(),
+            map: self.shards[i].lock(),
+        }
+    }
+
+    /// Fences and unregisters every flight (on `clear`). The caller holds no
+    /// shard lock; shards are taken one at a time.
+    pub(crate) fn fence_all(&self) {
+        for shard in self.shards.iter() {
+            for (_, flight) in shard.lock().drain() {
+                flight.fence();
+            }
         }
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.map.lock().len()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 }
 
-/// The locked registry. Keep it held only for map operations and L1 inserts.
+/// One locked shard of the registry.
 pub(crate) struct Registry<'a, V> {
-    map: MutexGuard<'a, HashMap<Arc<str>, Arc<Flight<V>>>>,
+    map: MutexGuard<'a, Map<V>>,
 }
 
 impl<V> Registry<'_, V> {
-    /// Joins `key`'s flight, or — after `recheck` finds nothing usable — starts one.
-    /// The re-check under the lock closes the gap between a caller's L1 miss and a
-    /// flight that finished (installed and unregistered) just before this call.
+    /// Joins `key`'s flight, or — after `recheck` finds nothing usable — starts one
+    /// born at `born`. A flight born before `oldest_joinable` is not joined (it may
+    /// predate an invalidation): it is fenced and replaced. The re-check under the
+    /// lock closes the gap between a caller's L1 miss and a flight that finished
+    /// (installed and unregistered) just before this call.
     pub(crate) fn join<E>(
         &mut self,
         key: &Arc<str>,
+        born: u64,
+        oldest_joinable: u64,
         recheck: impl FnOnce() -> Option<E>,
     ) -> Joined<V, E> {
         if let Some(flight) = self.map.get(&**key) {
-            return Joined::Wait(Ticket {
-                rx: flight.tx.subscribe(),
-            });
+            if flight.born >= oldest_joinable {
+                return Joined::Wait(Ticket {
+                    rx: flight.tx.subscribe(),
+                });
+            }
+            flight.fence();
+            self.map.remove(&**key);
         }
         if let Some(found) = recheck() {
             return Joined::Found(found);
         }
-        let (tx, rx) = watch::channel(None);
-        let flight = Arc::new(Flight {
-            tx,
-            fenced: AtomicBool::new(false),
-        });
+        let (flight, ticket) = Flight::new(born);
         self.map.insert(Arc::clone(key), Arc::clone(&flight));
-        Joined::Lead(flight, Ticket { rx })
+        Joined::Lead(flight, ticket)
     }
 
     /// Starts a flight for `key` unless one is running (background refresh).
-    pub(crate) fn start_if_idle(&mut self, key: &Arc<str>) -> Option<Arc<Flight<V>>> {
+    pub(crate) fn start_if_idle(&mut self, key: &Arc<str>, born: u64) -> Option<Arc<Flight<V>>> {
         if self.map.contains_key(&**key) {
             return None;
         }
-        let (tx, _) = watch::channel(None);
-        let flight = Arc::new(Flight {
-            tx,
-            fenced: AtomicBool::new(false),
-        });
+        let (flight, _) = Flight::new(born);
         self.map.insert(Arc::clone(key), Arc::clone(&flight));
         Some(flight)
     }
 
-    /// Fences `key`'s flight: its result will be returned to its callers but not
-    /// stored.
+    /// Fences `key`'s flight: its result goes to the callers already waiting on it
+    /// but is not stored, and later callers start a new load.
     pub(crate) fn fence(&mut self, key: &str) {
-        if let Some(flight) = self.map.get(key) {
-            flight.fenced.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Fences every flight (on `clear`).
-    pub(crate) fn fence_all(&mut self) {
-        for flight in self.map.values() {
-            flight.fenced.store(true, Ordering::SeqCst);
+        if let Some(flight) = self.map.remove(key) {
+            flight.fence();
         }
     }
 

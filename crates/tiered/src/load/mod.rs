@@ -37,9 +37,12 @@ use flight::{Flight, Outcome};
 
 /// The values a load produced, by key; a requested key that is missing is "absent".
 pub(crate) type Loaded<V> = HashMap<String, V>;
-/// A loader, type-erased: called once, inside the load task.
-pub(crate) type LoaderCall<V> =
-    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<Loaded<V>, BoxError>> + Send>> + Send>;
+/// A loader, type-erased: called once, inside the load task, with the keys the
+/// task is loading.
+pub(crate) type LoaderCall<V> = Box<
+    dyn FnOnce(Vec<String>) -> Pin<Box<dyn Future<Output = Result<Loaded<V>, BoxError>> + Send>>
+        + Send,
+>;
 
 /// One key a load task is responsible for.
 pub(crate) struct Job<V> {
@@ -50,79 +53,101 @@ pub(crate) struct Job<V> {
     pub previous: Option<Arc<Entry<V>>>,
 }
 
-/// Unregisters the flights of a load task that dies before publishing (so its
-/// waiters see `LoadAborted` and the next caller loads again).
-struct AbortGuard<'a, V> {
-    inner: &'a Inner<V>,
-    jobs: &'a [Job<V>],
-    armed: bool,
+/// A load task's state, owned by the spawned future from the moment it is
+/// created. If the task is dropped before publishing — runtime shutdown, even
+/// before its first poll — `Drop` unregisters its flights, so their waiters see
+/// `LoadAborted` and the next caller loads again.
+pub(crate) struct LoadTask<V> {
+    pub inner: Arc<Inner<V>>,
+    pub jobs: Vec<Job<V>>,
+    pub opts: Arc<Options>,
+    pub born: u64,
+    pub refresh: bool,
+    published: bool,
 }
 
-impl<V> Drop for AbortGuard<'_, V> {
+impl<V> Drop for LoadTask<V> {
     fn drop(&mut self) {
-        if self.armed {
-            let mut registry = self.inner.flights.lock();
-            for job in self.jobs {
-                registry.finish(&job.key, &job.flight);
+        if !self.published {
+            for job in &self.jobs {
+                self.inner
+                    .flights
+                    .lock(&job.key)
+                    .finish(&job.key, &job.flight);
             }
         }
     }
 }
 
-impl<V: Value> Inner<V> {
-    /// Runs one loader call for `jobs` and publishes each key's outcome.
-    pub(crate) async fn run_load(
-        self: Arc<Self>,
+impl<V: Value> LoadTask<V> {
+    pub(crate) fn new(
+        inner: Arc<Inner<V>>,
         jobs: Vec<Job<V>>,
         opts: Arc<Options>,
         born: u64,
         refresh: bool,
-        call: LoaderCall<V>,
-    ) {
-        let mut guard = AbortGuard {
-            inner: &self,
-            jobs: &jobs,
-            armed: true,
-        };
-        self.recorder.load_started(refresh);
-        let started = self.clock.now();
+    ) -> Self {
+        LoadTask {
+            inner,
+            jobs,
+            opts,
+            born,
+            refresh,
+            published: false,
+        }
+    }
+
+    /// Runs one loader call for the task's keys and publishes each key's outcome.
+    pub(crate) async fn run(mut self, call: LoaderCall<V>) {
+        let inner = Arc::clone(&self.inner);
+        let opts = Arc::clone(&self.opts);
+        inner.recorder.load_started(self.refresh);
+        let started = inner.clock.now();
         let wall = Instant::now();
-        let result = call_loader(call, opts.hard_timeout).await;
-        let now = self.clock.now();
+        let keys = self.jobs.iter().map(|j| j.key.to_string()).collect();
+        let result = call_loader(call, keys, opts.hard_timeout).await;
+        let now = inner.clock.now();
         let duration = now.saturating_since(started);
-        self.recorder.load_finished(wall.elapsed(), result.is_ok());
+        inner.recorder.load_finished(wall.elapsed(), result.is_ok());
 
         match result {
             Ok(mut loaded) => {
-                for job in &jobs {
+                // Re-declare dependencies at install time: their records must
+                // outlive the entries, whose lives start now, not at load start.
+                inner
+                    .invalidations
+                    .declare_dependencies(&opts.depends_on, now);
+                for job in &self.jobs {
                     let value = loaded.remove(&*job.key).map(Arc::new);
                     let entry =
-                        self.build_entry(&job.key, value.clone(), &opts, born, now, duration);
-                    self.complete(job, Ok(value), entry, now);
+                        inner.build_entry(&job.key, value.clone(), &opts, self.born, now, duration);
+                    inner.complete(job, Ok(value), entry, now);
                 }
             }
             Err(error) => {
-                tracing::debug!(cache = %self.namespace, %error, "load failed");
+                tracing::debug!(cache = %inner.namespace, %error, "load failed");
                 let until = now.saturating_add(opts.failsafe_backoff);
-                for job in &jobs {
+                for job in &self.jobs {
                     // Whoever serves the previous value meanwhile (stale fallback or
                     // a fresh entry whose refresh failed), the loader is left alone
                     // for the back-off period.
                     if let Some(previous) = &job.previous {
                         previous.back_off_until(until);
                     }
-                    self.complete(job, Err(error.clone()), None, now);
+                    inner.complete(job, Err(error.clone()), None, now);
                 }
             }
         }
-        guard.armed = false;
+        self.published = true;
     }
+}
 
+impl<V: Value> Inner<V> {
     /// Installs `entry` (unless the key was invalidated during the load), ends the
     /// flight and tells its waiters.
     fn complete(&self, job: &Job<V>, outcome: Outcome<V>, entry: Option<Entry<V>>, now: Timestamp) {
         {
-            let mut registry = self.flights.lock();
+            let mut registry = self.flights.lock(&job.key);
             if let Some(entry) = entry {
                 if job.flight.is_fenced() || !self.invalidations.may_install(&entry) {
                     self.recorder.fenced();
@@ -210,11 +235,12 @@ fn jitter(max: Duration) -> Duration {
 /// Calls the loader, enforcing the hard timeout and turning a panic into an error.
 async fn call_loader<V>(
     call: LoaderCall<V>,
+    keys: Vec<String>,
     hard_timeout: Option<Duration>,
 ) -> Result<Loaded<V>, Error> {
     // The call itself is inside the guarded future: a loader that panics before
     // returning its future is caught too.
-    let guarded = AssertUnwindSafe(async move { call().await }).catch_unwind();
+    let guarded = AssertUnwindSafe(async move { call(keys).await }).catch_unwind();
     let result = match hard_timeout {
         Some(limit) => match tokio::time::timeout(limit, guarded).await {
             Ok(r) => r,
