@@ -32,6 +32,23 @@ pub enum Step<V> {
     Hang,
 }
 
+/// Yields to the runtime until `done()` holds.
+///
+/// # Panics
+///
+/// After 10 s of wall time (real time, not tokio's clock, so this also works
+/// under a paused clock), naming `what`.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after 10 s waiting for {what}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 /// The error a scripted loader returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError(pub String);
@@ -147,10 +164,13 @@ impl<V: Clone + Send + Sync + 'static> Loader<V> {
     }
 
     /// Waits until at least `n` calls have started (yielding to the runtime).
+    ///
+    /// # Panics
+    ///
+    /// After 10 s of wall time, so a regression fails the test instead of hanging
+    /// the suite.
     pub async fn wait_for_calls(&self, n: usize) {
-        while self.calls() < n {
-            tokio::task::yield_now().await;
-        }
+        eventually("loader calls", || self.calls() >= n).await;
     }
 
     /// A loader closure for `get_or_load`.

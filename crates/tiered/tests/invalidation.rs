@@ -206,6 +206,97 @@ async fn clear_during_a_load_fences_it() {
     assert_eq!(cache.stats().l1.entries, 0);
 }
 
+/// Starts a held load of `key` with `opts`; returns its task once the loader runs.
+async fn held_load(
+    cache: &tiered::Cache<String>,
+    loader: &Loader<String>,
+    key: &'static str,
+    opts: tiered::Options,
+) -> tokio::task::JoinHandle<tiered::Result<Option<std::sync::Arc<String>>>> {
+    loader.hold();
+    let calls = loader.calls();
+    let (cache2, loader2) = (cache.clone(), loader.clone());
+    let task =
+        tokio::spawn(async move { cache2.get_or_load_with(key, &opts, loader2.load()).await });
+    loader.wait_for_calls(calls + 1).await;
+    task
+}
+
+#[tokio::test]
+async fn callers_after_an_invalidation_do_not_join_a_load_that_predates_it() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let tagged = cache.options().tag("t");
+    // Each invalidation in turn: remove, clear, tag.
+    let invalidations: [&dyn Fn(&tiered::Cache<String>); 3] = [
+        &|c| {
+            c.remove("k").unwrap();
+        },
+        &|c| c.clear(),
+        &|c| c.invalidate_tag("t").unwrap(),
+    ];
+    for (round, invalidate) in invalidations.iter().enumerate() {
+        let loader = Loader::returning(s("read before"));
+        let old = held_load(&cache, &loader, "k", tagged.clone()).await;
+        invalidate(&cache);
+        // A caller arriving now must not get the pre-invalidation read.
+        let fresh = Loader::returning(s("read after"));
+        let got = cache.get_or_load_with("k", &tagged, fresh.load()).await;
+        assert_eq!(val(got), Some(s("read after")), "round {round}");
+        assert_eq!(fresh.calls(), 1, "round {round}: a new load ran");
+        loader.release();
+        assert_eq!(val(old.await.unwrap()), Some(s("read before")));
+        // The old load finished last but did not overwrite the newer value.
+        assert_eq!(
+            val(cache.get("k").await),
+            Some(s("read after")),
+            "round {round}"
+        );
+        cache.remove("k").unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_stale_value_removed_during_the_load_is_not_served_on_failure() {
+    let clock = ManualClock::new();
+    let cache = builder(&clock)
+        .ttl(secs(10))
+        .grace(secs(60))
+        .build()
+        .unwrap();
+    cache.set("k", s("old")).unwrap();
+    clock.advance(secs(11)); // stale, within grace
+    let loader: Loader<String> = Loader::new(tiered_testkit::Step::Fail("down".into()));
+    let call = held_load(&cache, &loader, "k", cache.options()).await;
+    cache.remove("k").unwrap(); // deleted while the reload runs
+    loader.release();
+    let result = call.await.unwrap();
+    assert!(
+        result.is_err(),
+        "removed data must not come back: {result:?}"
+    );
+    assert_eq!(cache.stats().stale_hits, 0);
+}
+
+#[tokio::test]
+async fn a_load_older_than_pruned_records_is_refused() {
+    let clock = ManualClock::new();
+    let cache = builder(&clock).ttl(secs(10)).build().unwrap();
+    let loader = Loader::returning(s("v"));
+    let slow = held_load(&cache, &loader, "k", cache.options().tag("x")).await;
+    cache.invalidate_tag("x").unwrap();
+    // Long after every lifetime, thousands of invalidations force a prune that
+    // drops the record of "x": the slow load must still not install.
+    clock.advance(secs(3600));
+    for i in 0..5000 {
+        cache.invalidate_tag(&format!("other-{i}")).unwrap();
+    }
+    loader.release();
+    slow.await.unwrap().unwrap();
+    assert!(!cache.contains("k").unwrap());
+    assert_eq!(cache.stats().fenced, 1);
+}
+
 #[tokio::test]
 async fn many_tag_invalidations_stay_correct_after_pruning() {
     let clock = ManualClock::new();

@@ -31,9 +31,7 @@ async fn stats_count_every_outcome() {
     cache.get_or_load("none", absent.load()).await.unwrap(); // negative hit
     clock.advance(secs(6));
     cache.get_or_load("a", loader.load()).await.unwrap(); // hit + refresh
-    while cache.loads_in_flight() > 0 {
-        tokio::task::yield_now().await;
-    }
+    tiered_testkit::eventually("loads to finish", || cache.loads_in_flight() == 0).await;
     clock.advance(secs(11));
     loader.set_fallback(Step::Fail("down".into()));
     cache.get_or_load("a", loader.load()).await.unwrap(); // miss, error, stale
@@ -217,7 +215,10 @@ async fn warm_loads_with_bounded_concurrency_and_reports_progress() {
     assert_eq!(seen.len(), 40);
     assert!(seen.windows(2).all(|w| w[1].done == w[0].done + 1));
     let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
-    assert!((1..=4).contains(&peak), "peak concurrency {peak}");
+    assert!(
+        (2..=4).contains(&peak),
+        "peak concurrency {peak}: bounded, and used"
+    );
     assert_eq!(val(cache.get("k39").await), Some(s("v-k39")));
     assert_eq!(val(cache.get("k0").await), Some(s("already")));
     assert!(cache

@@ -211,12 +211,13 @@ async fn bad_options_are_refused_and_change_nothing() {
         cache.options().eager_refresh(-1.0),
         cache.options().xfetch(-1.0),
         cache.options().tag(""),
+        cache.options().depends_on("k"), // an entry cannot depend on itself
     ];
     for opts in &bad {
         let e = cache.set_with("k", s("changed"), opts).unwrap_err();
         assert!(matches!(e, Error::InvalidOption { .. }), "{e:?}");
         let e = cache
-            .get_or_load_with("new", opts, loader.load())
+            .get_or_load_with("k", opts, loader.load())
             .await
             .unwrap_err();
         assert!(matches!(e, Error::InvalidOption { .. }), "{e:?}");

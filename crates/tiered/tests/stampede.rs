@@ -140,9 +140,7 @@ async fn a_cancelled_caller_does_not_cancel_the_load() {
     caller.abort(); // the request went away
     assert!(caller.await.unwrap_err().is_cancelled());
     loader.release();
-    while cache.loads_in_flight() > 0 {
-        tokio::task::yield_now().await;
-    }
+    tiered_testkit::eventually("loads to finish", || cache.loads_in_flight() == 0).await;
     // The load finished and stored its value: the next caller hits.
     assert_eq!(
         val(cache.get_or_load("k", loader.load()).await),
@@ -245,9 +243,7 @@ async fn get_many_or_load_waits_on_single_loads_already_running() {
                 .await
         })
     };
-    while calls.load(Ordering::SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
+    tiered_testkit::eventually("the batch loader", || calls.load(Ordering::SeqCst) > 0).await;
     assert_eq!(seen.lock()[0], vec!["y"], "x is already in flight");
     single.release();
     let got = batch.await.unwrap().unwrap();
@@ -270,4 +266,162 @@ async fn get_many_or_load_reports_loader_errors() {
     assert!(matches!(err, Error::Loader(_)));
     assert_eq!(cache.loads_in_flight(), 0);
     assert_eq!(cache.stats().load_errors, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_loader_cannot_hold_a_key_even_with_default_options() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock); // no timeout configured: the default applies
+    let loader = Loader::returning(s("after"));
+    loader.then(Step::Hang);
+    let err = cache.get_or_load("k", loader.load()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout(d) if d == tiered::DEFAULT_HARD_TIMEOUT),
+        "{err:?}"
+    );
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("after"))
+    );
+}
+
+#[test]
+fn a_load_task_dropped_before_it_ever_ran_does_not_wedge_the_key() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let loader = Loader::returning(s("v"));
+    {
+        // A runtime that never gets to run the load task it is handed...
+        let doomed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _enter = doomed.enter();
+        let mut call = std::pin::pin!(cache.get_or_load("k", loader.load()));
+        let polled = call.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        assert!(polled.is_pending(), "the load was spawned, not run");
+        assert_eq!(cache.loads_in_flight(), 1);
+        // ...and is shut down with the task still queued.
+    }
+    assert_eq!(loader.calls(), 0, "the loader never ran");
+    assert_eq!(
+        cache.loads_in_flight(),
+        0,
+        "the dropped task unregistered its flight"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = runtime.block_on(cache.get_or_load("k", loader.load()));
+    assert_eq!(val(got), Some(s("v")));
+}
+
+#[tokio::test]
+async fn waiters_of_a_load_dropped_mid_flight_see_load_aborted() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let loader = Loader::returning(s("v"));
+    loader.hold();
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The load task runs on `other`; a waiter on this runtime joins it.
+    let leader = {
+        let (cache, loader) = (cache.clone(), loader.clone());
+        other.spawn(async move { cache.get_or_load("k", loader.load()).await })
+    };
+    loader.wait_for_calls(1).await;
+    let waiter = {
+        let (cache, loader) = (cache.clone(), loader.clone());
+        tokio::spawn(async move { cache.get_or_load("k", loader.load()).await })
+    };
+    tiered_testkit::eventually("the waiter to join", || cache.stats().coalesced == 1).await;
+    other.shutdown_background(); // the load task is dropped mid-load
+    assert!(matches!(waiter.await.unwrap(), Err(Error::LoadAborted)));
+    drop(leader);
+    loader.release();
+    assert_eq!(
+        val(cache.get_or_load("k", loader.load()).await),
+        Some(s("v"))
+    );
+}
+
+#[tokio::test]
+async fn get_many_or_load_serves_stale_when_the_batch_fails() {
+    let clock = ManualClock::new();
+    let cache = builder(&clock)
+        .ttl(secs(10))
+        .grace(secs(60))
+        .build()
+        .unwrap();
+    cache.set("a", s("old-a")).unwrap();
+    clock.advance(secs(11));
+    let got = cache
+        .get_many_or_load(&["a"], |_keys| async {
+            Err::<HashMap<String, String>, _>(LoadError("down".into()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(*got["a"], "old-a");
+    assert_eq!(cache.stats().stale_hits, 1);
+    // A key with nothing stale makes the call fail.
+    let err = cache
+        .get_many_or_load(&["b"], |_keys| async {
+            Err::<HashMap<String, String>, _>(LoadError("down".into()))
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Loader(_)));
+}
+
+#[tokio::test]
+async fn get_many_or_load_refreshes_keys_past_their_refresh_point() {
+    let clock = ManualClock::new();
+    let cache = builder(&clock)
+        .ttl(secs(100))
+        .eager_refresh(0.5)
+        .build()
+        .unwrap();
+    cache.set("a", s("v1")).unwrap();
+    clock.advance(secs(60));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let got = cache
+        .get_many_or_load(&["a"], batch_loader(&calls, &seen))
+        .await
+        .unwrap();
+    assert_eq!(*got["a"], "v1", "served at once");
+    tiered_testkit::eventually("the refresh", || cache.loads_in_flight() == 0).await;
+    assert_eq!(seen.lock()[0], vec!["a"]);
+    assert_eq!(val(cache.get("a").await), Some(s("v-a")));
+    assert_eq!(cache.stats().refreshes, 1);
+}
+
+#[tokio::test]
+async fn get_many_or_load_refuses_bad_input_and_changes_nothing() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let long = "k".repeat(tiered::MAX_KEY_LEN + 1);
+    let err = cache
+        .get_many_or_load(&["ok", long.as_str()], batch_loader(&calls, &seen))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }));
+    let too_many: Vec<String> = (0..=tiered::MAX_BATCH_KEYS)
+        .map(|i| i.to_string())
+        .collect();
+    let err = cache
+        .get_many_or_load(&too_many, batch_loader(&calls, &seen))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidOption { .. }));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(!cache.contains("ok").unwrap());
 }

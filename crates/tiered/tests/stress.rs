@@ -99,9 +99,7 @@ async fn concurrent_mixed_operations_keep_the_invariants() {
         t.await.expect("no task panicked");
     }
     // Background refreshes may still be finishing.
-    while cache.loads_in_flight() > 0 {
-        tokio::task::yield_now().await;
-    }
+    tiered_testkit::eventually("loads to finish", || cache.loads_in_flight() == 0).await;
     let st = cache.stats();
     assert!(st.l1.weighted_bytes <= budget);
     assert!(st.loads > 0 && st.l1.hits > 0, "{st:?}");

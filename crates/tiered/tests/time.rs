@@ -16,9 +16,7 @@ use tiered_testkit::{Loader, Step};
 
 /// Waits until no load is in flight (background refreshes included).
 async fn settle(cache: &tiered::Cache<String>) {
-    while cache.loads_in_flight() > 0 {
-        tokio::task::yield_now().await;
-    }
+    tiered_testkit::eventually("loads to finish", || cache.loads_in_flight() == 0).await;
 }
 
 #[tokio::test]
