@@ -228,7 +228,8 @@ async fn callers_after_an_invalidation_do_not_join_a_load_that_predates_it() {
     let cache = cache(&clock);
     let tagged = cache.options().tag("t");
     // Each invalidation in turn: remove, clear, tag.
-    let invalidations: [&dyn Fn(&tiered::Cache<String>); 3] = [
+    type Invalidation<'a> = &'a dyn Fn(&tiered::Cache<String>);
+    let invalidations: [Invalidation; 3] = [
         &|c| {
             c.remove("k").unwrap();
         },
