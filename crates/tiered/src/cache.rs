@@ -100,7 +100,9 @@ pub struct WarmProgress {
     pub done: usize,
     /// Keys in total.
     pub total: usize,
-    /// Keys loaded (present or absent).
+    /// Keys that went through a load without error: loaded (present or absent),
+    /// answered "absent" by the existence filter, or served stale because the
+    /// load failed within the grace window.
     pub loaded: usize,
     /// Keys already fresh in the cache (not loaded again).
     pub skipped: usize,

@@ -10,6 +10,10 @@
 //! installed at its build time (none: a no-op). This keeps the hit path free of
 //! registry lookups.
 //!
+//! Outcomes overlap the way [`Stats`](crate::Stats) does: every request is one
+//! `hit` or one `miss`; `negative` counts the hits that were a cached "absent",
+//! `stale` and `filtered` count misses that were answered anyway.
+//!
 //! | name | kind | labels |
 //! |---|---|---|
 //! | `tiered_cache_requests_total` | counter | `tier` = `l1`, `outcome` = `hit` / `miss` / `stale` / `negative` / `filtered` |

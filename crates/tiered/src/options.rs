@@ -126,8 +126,11 @@ impl Options {
         self
     }
 
-    /// After a failed load that served a stale value, how long the key serves that
-    /// stale value without calling the loader again. Must be non-zero.
+    /// After a failed load that served a stale value (or a failed background
+    /// refresh), how long the key serves that value without calling the loader
+    /// again. Must be non-zero. A key with nothing to serve instead does not back
+    /// off: each call (still one at a time, single-flight) tries the loader, so an
+    /// error is never cached.
     pub fn failsafe_backoff(mut self, backoff: Duration) -> Self {
         self.failsafe_backoff = backoff;
         self
@@ -199,8 +202,10 @@ impl Options {
     }
 
     /// Declares that the entry is derived from the entry at `key`: removing or
-    /// replacing `key` (or invalidating anything `key` depends on) drops this entry
-    /// too.
+    /// replacing `key` drops this entry too. The cascade is transitive through
+    /// entries present in L1 when this one is stored (if `key`'s entry itself
+    /// depends on `parent`, removing `parent` drops this entry as well); declare
+    /// every ancestor explicitly when that cannot be relied on.
     pub fn depends_on(mut self, key: impl Into<String>) -> Self {
         self.depends_on.push(key.into());
         self

@@ -59,12 +59,59 @@ async fn metrics_go_out_through_the_facade_with_the_documented_names() {
     let cache = metrics::with_local_recorder(&recorder, || {
         Cache::<String>::builder("orders")
             .clock(clock.clone())
+            .l1_max_bytes(4096)
             .build()
             .unwrap()
     });
     let loader = Loader::returning(s("v"));
     cache.get_or_load("k", loader.load()).await.unwrap();
     cache.get_or_load("k", loader.load()).await.unwrap();
+    // One of each remaining outcome: coalesced wait, refresh, error, stale,
+    // negative, fenced load, eviction.
+    loader.hold();
+    let (c1, l1) = (cache.clone(), loader.clone());
+    let a = tokio::spawn(async move { c1.get_or_load("w", l1.load()).await });
+    loader.wait_for_calls(2).await;
+    let (c2, l2) = (cache.clone(), loader.clone());
+    let b = tokio::spawn(async move { c2.get_or_load("w", l2.load()).await });
+    tiered_testkit::eventually("a coalesced wait", || cache.stats().coalesced == 1).await;
+    cache.remove("w").unwrap(); // the running load is fenced
+    loader.release();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    let opts = cache
+        .options()
+        .eager_refresh(0.5)
+        .grace(secs(600))
+        .negative_ttl(secs(60));
+    cache
+        .get_or_load_with("r", &opts, loader.load())
+        .await
+        .unwrap();
+    clock.advance(secs(31));
+    cache
+        .get_or_load_with("r", &opts, loader.load())
+        .await
+        .unwrap(); // refresh
+    tiered_testkit::eventually("the refresh", || cache.loads_in_flight() == 0).await;
+    clock.advance(secs(61));
+    loader.set_fallback(Step::Fail("down".into()));
+    cache
+        .get_or_load_with("r", &opts, loader.load())
+        .await
+        .unwrap(); // error → stale
+    let absent: Loader<String> = Loader::new(Step::Absent);
+    cache
+        .get_or_load_with("n", &opts, absent.load())
+        .await
+        .unwrap();
+    cache
+        .get_or_load_with("n", &opts, absent.load())
+        .await
+        .unwrap(); // negative hit
+    for i in 0..100 {
+        cache.set(&format!("e{i}"), "x".repeat(100)).unwrap(); // evictions
+    }
     cache.stats(); // refreshes the gauges
 
     let snapshot = snapshotter.snapshot().into_vec();
@@ -83,30 +130,54 @@ async fn metrics_go_out_through_the_facade_with_the_documented_names() {
         other => panic!("{name} {labels:?}: {other:?}"),
     };
     let ns = ("cache", "orders");
-    assert_eq!(
+    let st = cache.stats();
+    let req = |outcome| {
         counter(
             tiered::metrics::REQUESTS,
-            &[ns, ("tier", "l1"), ("outcome", "hit")]
-        ),
-        1
-    );
-    assert_eq!(
-        counter(
-            tiered::metrics::REQUESTS,
-            &[ns, ("tier", "l1"), ("outcome", "miss")]
-        ),
-        1
-    );
-    assert_eq!(counter(tiered::metrics::LOADS, &[ns, ("outcome", "ok")]), 1);
+            &[ns, ("tier", "l1"), ("outcome", outcome)],
+        )
+    };
+    let loads = |outcome| counter(tiered::metrics::LOADS, &[ns, ("outcome", outcome)]);
+    // The facade saw exactly what stats() counted.
+    assert_eq!(req("hit"), st.l1.hits);
+    assert_eq!(req("miss"), st.l1.misses);
+    assert_eq!(req("stale"), st.stale_hits);
+    assert_eq!(req("negative"), st.negative_hits);
+    assert_eq!(loads("error"), st.load_errors);
+    assert_eq!(loads("coalesced"), st.coalesced);
+    assert_eq!(loads("refresh"), st.refreshes);
+    assert_eq!(loads("fenced"), st.fenced);
+    assert_eq!(loads("ok") + loads("error"), st.loads);
+    let evictions = counter(tiered::metrics::EVICTIONS, &[ns, ("tier", "l1")]);
+    assert_eq!(evictions, st.l1.evictions);
+    for (name, n) in [
+        ("stale", st.stale_hits),
+        ("negative", st.negative_hits),
+        ("error", st.load_errors),
+        ("coalesced", st.coalesced),
+        ("refresh", st.refreshes),
+        ("fenced", st.fenced),
+        ("evictions", st.l1.evictions),
+    ] {
+        assert!(n >= 1, "{name} was exercised");
+    }
     match find(tiered::metrics::LOAD_DURATION, &[ns]) {
         Some((MetricKind::Histogram, DebugValue::Histogram(samples))) => {
-            assert_eq!(samples.len(), 1)
+            assert_eq!(samples.len() as u64, st.loads)
         }
         other => panic!("load duration: {other:?}"),
     }
     match find(tiered::metrics::ENTRIES, &[ns, ("tier", "l1")]) {
-        Some((MetricKind::Gauge, DebugValue::Gauge(v))) => assert_eq!(v.into_inner(), 1.0),
+        Some((MetricKind::Gauge, DebugValue::Gauge(v))) => {
+            assert_eq!(v.into_inner(), st.l1.entries as f64)
+        }
         other => panic!("entries gauge: {other:?}"),
+    }
+    match find(tiered::metrics::BYTES, &[ns, ("tier", "l1")]) {
+        Some((MetricKind::Gauge, DebugValue::Gauge(v))) => {
+            assert_eq!(v.into_inner(), st.l1.weighted_bytes as f64)
+        }
+        other => panic!("bytes gauge: {other:?}"),
     }
 }
 

@@ -8,8 +8,9 @@
 //! its `born` stamp. An entry is valid only if it was born at or after every
 //! invalidation that concerns it. So:
 //!
-//! * invalidating a tag is O(1) whatever the number of entries carrying it — the
-//!   entries are dropped lazily when read;
+//! * invalidating a tag costs the same whatever the number of entries carrying
+//!   it (amortized O(1): one record, plus an occasional prune) — the entries are
+//!   dropped lazily when read;
 //! * a load that was already running when the invalidation happened produces an
 //!   entry born *before* it, which is refused at install time and at read time. The
 //!   load cannot reinstate the data the invalidation meant to drop (the classic
@@ -26,9 +27,11 @@
 //! # Memory
 //!
 //! Records are pruned once they are older than the longest entry lifetime the
-//! cache has handed out (TTL + jitter + grace): no entry born before them can still
-//! be alive. A load older than that is refused at install, so pruning never lets
-//! stale data back in.
+//! cache has handed out (TTL + jitter + grace): every entry installed before a
+//! record has expired by then (dependency records are re-stamped when a dependant
+//! is installed, for the same guarantee). A load born before a pruned record is
+//! refused at install, so pruning never lets stale data back in. Memory is one
+//! record per tag invalidated within that horizon.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
