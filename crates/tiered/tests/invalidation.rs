@@ -106,12 +106,7 @@ async fn remove_during_a_load_is_not_undone_by_the_load() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
     let loader = Loader::returning(s("read before the delete"));
-    loader.hold();
-    let call = {
-        let (cache, loader) = (cache.clone(), loader.clone());
-        tokio::spawn(async move { cache.get_or_load("k", loader.load()).await })
-    };
-    loader.wait_for_calls(1).await;
+    let call = held_load(&cache, &loader, "k", cache.options()).await;
     cache.remove("k").unwrap(); // the row was deleted while the loader read it
     loader.release();
     // The caller that asked before the removal gets what was loaded...
@@ -126,12 +121,7 @@ async fn set_during_a_load_wins_over_the_load() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
     let loader = Loader::returning(s("old"));
-    loader.hold();
-    let call = {
-        let (cache, loader) = (cache.clone(), loader.clone());
-        tokio::spawn(async move { cache.get_or_load("k", loader.load()).await })
-    };
-    loader.wait_for_calls(1).await;
+    let call = held_load(&cache, &loader, "k", cache.options()).await;
     cache.set("k", s("new")).unwrap();
     loader.release();
     call.await.unwrap().unwrap();
@@ -193,33 +183,12 @@ async fn clear_during_a_load_fences_it() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
     let loader = Loader::returning(s("v"));
-    loader.hold();
-    let call = {
-        let (cache, loader) = (cache.clone(), loader.clone());
-        tokio::spawn(async move { cache.get_or_load("k", loader.load()).await })
-    };
-    loader.wait_for_calls(1).await;
+    let call = held_load(&cache, &loader, "k", cache.options()).await;
     cache.clear();
     loader.release();
     call.await.unwrap().unwrap();
     assert!(!cache.contains("k").unwrap());
     assert_eq!(cache.stats().l1.entries, 0);
-}
-
-/// Starts a held load of `key` with `opts`; returns its task once the loader runs.
-async fn held_load(
-    cache: &tiered::Cache<String>,
-    loader: &Loader<String>,
-    key: &'static str,
-    opts: tiered::Options,
-) -> tokio::task::JoinHandle<tiered::Result<Option<std::sync::Arc<String>>>> {
-    loader.hold();
-    let calls = loader.calls();
-    let (cache2, loader2) = (cache.clone(), loader.clone());
-    let task =
-        tokio::spawn(async move { cache2.get_or_load_with(key, &opts, loader2.load()).await });
-    loader.wait_for_calls(calls + 1).await;
-    task
 }
 
 #[tokio::test]

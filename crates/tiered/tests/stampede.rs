@@ -39,8 +39,10 @@ async fn a_thousand_concurrent_callers_share_one_load() {
     assert_eq!(loader.calls(), 1, "one loader call for 1000 callers");
     let stats = cache.stats();
     assert_eq!(stats.loads, 1);
-    // Every caller either waited on the load or hit the value it installed.
-    assert_eq!(stats.coalesced + stats.l1.hits + 1, 1000, "{stats:?}");
+    // Every caller was counted once: a hit, or a miss that led the load, waited
+    // on it, or found its result in the re-check just as it landed.
+    assert_eq!(stats.l1.hits + stats.l1.misses, 1000, "{stats:?}");
+    assert!(stats.coalesced + stats.l1.hits < 1000, "{stats:?}");
 }
 
 #[tokio::test]
@@ -131,12 +133,7 @@ async fn a_cancelled_caller_does_not_cancel_the_load() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
     let loader = Loader::returning(s("v"));
-    loader.hold();
-    let caller = {
-        let (cache, loader) = (cache.clone(), loader.clone());
-        tokio::spawn(async move { cache.get_or_load("k", loader.load()).await })
-    };
-    loader.wait_for_calls(1).await;
+    let caller = held_load(&cache, &loader, "k", cache.options()).await;
     caller.abort(); // the request went away
     assert!(caller.await.unwrap_err().is_cancelled());
     loader.release();
@@ -227,12 +224,7 @@ async fn get_many_or_load_waits_on_single_loads_already_running() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
     let single = Loader::returning(s("from-single"));
-    single.hold();
-    let running = {
-        let (cache, single) = (cache.clone(), single.clone());
-        tokio::spawn(async move { cache.get_or_load("x", single.load()).await })
-    };
-    single.wait_for_calls(1).await;
+    let running = held_load(&cache, &single, "x", cache.options()).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let batch = {
@@ -336,10 +328,7 @@ async fn waiters_of_a_load_dropped_mid_flight_see_load_aborted() {
         other.spawn(async move { cache.get_or_load("k", loader.load()).await })
     };
     loader.wait_for_calls(1).await;
-    let waiter = {
-        let (cache, loader) = (cache.clone(), loader.clone());
-        tokio::spawn(async move { cache.get_or_load("k", loader.load()).await })
-    };
+    let waiter = spawn_get(&cache, &loader, "k", cache.options());
     tiered_testkit::eventually("the waiter to join", || cache.stats().coalesced == 1).await;
     other.shutdown_background(); // the load task is dropped mid-load
     assert!(matches!(waiter.await.unwrap(), Err(Error::LoadAborted)));

@@ -276,10 +276,7 @@ async fn soft_timeout_without_stale_waits_for_the_load() {
         .unwrap();
     let loader = Loader::returning(s("v"));
     loader.hold();
-    let call = {
-        let (cache, loader) = (cache.clone(), loader.clone());
-        tokio::spawn(async move { cache.get_or_load("k", loader.load()).await })
-    };
+    let call = spawn_get(&cache, &loader, "k", cache.options());
     tokio::time::sleep(secs(1)).await; // paused clock: instant
     assert!(!call.is_finished(), "nothing stale to serve: keep waiting");
     loader.release();

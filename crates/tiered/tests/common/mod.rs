@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use tiered::{Cache, CacheBuilder, ManualClock};
+use tiered::{Cache, CacheBuilder, ManualClock, Options};
+use tiered_testkit::Loader;
 
 pub const SEC: Duration = Duration::from_secs(1);
 
@@ -29,4 +30,28 @@ pub fn s(v: &str) -> String {
 /// Unwraps a cache answer into an owned `Option<String>` for easy asserts.
 pub fn val(r: tiered::Result<Option<std::sync::Arc<String>>>) -> Option<String> {
     r.expect("call should succeed").map(|v| (*v).clone())
+}
+
+/// A spawned cache call.
+pub type Call = tokio::task::JoinHandle<tiered::Result<Option<std::sync::Arc<String>>>>;
+
+/// Spawns `get_or_load_with(key, opts)` using `loader`'s next call.
+pub fn spawn_get(cache: &Cache<String>, loader: &Loader<String>, key: &str, opts: Options) -> Call {
+    let (cache, loader, key) = (cache.clone(), loader.clone(), key.to_owned());
+    tokio::spawn(async move { cache.get_or_load_with(&key, &opts, loader.load()).await })
+}
+
+/// Holds `loader`, spawns a load of `key`, and returns once the loader is running
+/// (and waiting for `loader.release()`).
+pub async fn held_load(
+    cache: &Cache<String>,
+    loader: &Loader<String>,
+    key: &str,
+    opts: Options,
+) -> Call {
+    loader.hold();
+    let calls = loader.calls();
+    let task = spawn_get(cache, loader, key, opts);
+    loader.wait_for_calls(calls + 1).await;
+    task
 }
