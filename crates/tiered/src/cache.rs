@@ -9,12 +9,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::builder::CacheBuilder;
 use crate::clock::{Clock, Timestamp};
 use crate::entry::{Entry, Freshness};
 use crate::error::{BoxError, Error, Result};
 use crate::filter::BloomFilter;
-use crate::invalidate::{self, Invalidations, TagId};
+use crate::invalidate::{self, Birth, Invalidations, TagId};
 use crate::key::validate_key;
 use crate::l1::L1;
 use crate::load::flight::{Flights, Joined, Ticket};
@@ -36,7 +38,8 @@ pub(crate) type Weigher<V> = Arc<dyn Fn(&str, &V) -> u64 + Send + Sync>;
 ///
 /// Every method takes `&self` and may be called from many tasks at once. Loads
 /// are single-flight per key: concurrent callers of a missing key share one loader
-/// call.
+/// call. (The one exception: a load fenced by an invalidation may still be
+/// finishing while the load that replaces it runs; only the replacement stores.)
 ///
 /// # Cancellation
 ///
@@ -252,9 +255,11 @@ impl<V: Value> Cache<V> {
     }
 
     /// The values at `keys`, loading every key that missed with **one** loader
-    /// call. The loader gets the missed keys and returns the values it found; a
-    /// key it leaves out is "absent". Keys already being loaded by other calls are
-    /// waited on, not loaded again. The result holds the keys that have a value.
+    /// call. The loader gets the missed keys — plus any hit keys past their
+    /// refresh-ahead point, refreshed in the same call — and returns the values it
+    /// found; a requested key it leaves out is "absent". Keys already being loaded
+    /// by other calls are waited on, not loaded again. The soft timeout is one
+    /// deadline for the whole call. The result holds the keys that have a value.
     ///
     /// # Errors
     ///
@@ -311,11 +316,21 @@ impl<V: Value> Cache<V> {
         let inner = &self.inner;
         check_not_self_dependent(key, opts)?;
         let now = inner.clock.now();
-        let born = inner.begin_load(opts, now);
-        let entry = inner.build_entry(key, Some(Arc::new(value)), opts, born, now, Duration::ZERO);
+        let birth = inner.begin_load(opts, now);
+        let entry = inner.build_entry(
+            key,
+            Some(Arc::new(value)),
+            opts,
+            birth.born,
+            now,
+            Duration::ZERO,
+        );
         {
             let mut registry = inner.flights.lock(key);
             registry.fence(key);
+            if let Some(old) = inner.l1.peek(key) {
+                old.revoke();
+            }
             if let Some(entry) = entry {
                 inner.store(Arc::from(key), entry, now);
             }
@@ -340,13 +355,13 @@ impl<V: Value> Cache<V> {
         let removed = {
             let mut registry = inner.flights.lock(key);
             registry.fence(key);
-            inner.l1.remove(key).is_some()
+            inner.l1.remove(key).inspect(|old| old.revoke()).is_some()
         };
         inner.invalidations.key_changed(key, inner.clock.now());
         Ok(removed)
     }
 
-    /// Drops every entry carrying `tag`, in O(1): the entries are discarded when
+    /// Drops every entry carrying `tag`, in amortized O(1): the entries are discarded when
     /// next read, and loads already running for tagged keys will not store.
     ///
     /// # Errors
@@ -504,12 +519,25 @@ impl<V: Value> Inner<V> {
         tags.into_boxed_slice()
     }
 
-    /// The stamp a load (or `set`) starting now is born with. Dependencies are
-    /// declared first, so that removing one while the loader runs fences the load.
-    pub(crate) fn begin_load(&self, opts: &Options, now: Timestamp) -> u64 {
+    /// What a load (or `set`) starting now is born with. Dependencies are
+    /// declared first, so that removing one while the loader runs fences the load;
+    /// the hard timeout counts as a lifetime, so no invalidation record a running
+    /// load needs is pruned before the load ends.
+    pub(crate) fn begin_load(&self, opts: &Options, now: Timestamp) -> Arc<Birth> {
         self.invalidations
             .declare_dependencies(&opts.depends_on, now);
-        self.invalidations.current()
+        if let Some(limit) = opts.hard_timeout {
+            self.invalidations.note_lifetime(limit);
+        }
+        Arc::new(Birth {
+            born: self.invalidations.current(),
+            tags: self.entry_tags(opts),
+        })
+    }
+
+    /// Whether a running load born as `birth` predates an invalidation of its data.
+    fn outdated(&self, birth: &Birth) -> bool {
+        self.invalidations.outdated(birth.born, &birth.tags)
     }
 
     async fn get_or_load<F, Fut, E>(
@@ -559,15 +587,13 @@ impl<V: Value> Inner<V> {
             return Ok(None);
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let soft_timeout = opts.soft_timeout;
+        let soft_deadline = opts.soft_timeout.map(|d| Instant::now() + d);
         let key: Arc<str> = Arc::from(key);
-        let born = self.begin_load(&opts, now);
-        let joined = self
-            .flights
-            .lock(&key)
-            .join(&key, born, self.invalidations.latest(), || {
-                self.recheck(&key)
-            });
+        let birth = self.begin_load(&opts, now);
+        let joined =
+            self.flights
+                .lock(&key)
+                .join(&key, &birth, |b| self.outdated(b), || self.recheck(&key));
         let ticket = match joined {
             Joined::Found(value) => return Ok(value),
             Joined::Wait(ticket) => {
@@ -581,11 +607,11 @@ impl<V: Value> Inner<V> {
                     previous: stale.clone(),
                 };
                 let call = single_call(&key, loader);
-                self.spawn_load(&runtime, vec![job], opts.to_arc(), born, false, call);
+                self.spawn_load(&runtime, vec![job], opts.to_arc(), birth.born, false, call);
                 ticket
             }
         };
-        self.await_load(&key, ticket, stale, soft_timeout).await
+        self.await_load(ticket, stale, soft_deadline).await
     }
 
     async fn get_many_or_load<K, F, Fut, E>(
@@ -605,6 +631,7 @@ impl<V: Value> Inner<V> {
         let mut seen = HashSet::with_capacity(keys.len());
         let mut found = HashMap::new();
         let mut missing: Vec<(Arc<str>, Stale<V>)> = Vec::new();
+        // Served already, but due for a background refresh.
         let mut refresh: Vec<(Arc<str>, Arc<Entry<V>>)> = Vec::new();
         for key in keys {
             let key = key.as_ref();
@@ -645,25 +672,18 @@ impl<V: Value> Inner<V> {
                 }
             }
         }
-        if missing.is_empty() {
-            // Everything was served; the loader can still refresh what is due.
-            if !refresh.is_empty() {
-                self.refresh_in_background(&runtime, refresh, opts, batch_call(loader));
-            }
-            return Ok(found);
-        }
-
-        // Join running flights and lead the rest. Keys due for refresh ride along
-        // in the same loader call (nobody waits on them).
-        let born = self.begin_load(&opts, now);
-        let oldest_joinable = self.invalidations.latest();
-        let mut waits: Vec<(Arc<str>, Ticket<V>, Stale<V>)> = Vec::new();
+        // Join running flights and lead the rest.
+        let soft_deadline = opts.soft_timeout.map(|d| Instant::now() + d);
+        let birth = self.begin_load(&opts, now);
+        let mut waits: Vec<(Ticket<V>, Stale<V>, Arc<str>)> = Vec::new();
         let mut jobs = Vec::new();
         for (key, stale) in missing {
-            let joined = self
-                .flights
-                .lock(&key)
-                .join(&key, born, oldest_joinable, || self.recheck(&key));
+            let joined = self.flights.lock(&key).join(
+                &key,
+                &birth,
+                |b| self.outdated(b),
+                || self.recheck(&key),
+            );
             match joined {
                 Joined::Found(Some(value)) => {
                     found.insert(key.to_string(), value);
@@ -671,7 +691,7 @@ impl<V: Value> Inner<V> {
                 Joined::Found(None) => {}
                 Joined::Wait(ticket) => {
                     self.recorder.coalesced();
-                    waits.push((key, ticket, stale));
+                    waits.push((ticket, stale, key));
                 }
                 Joined::Lead(flight, ticket) => {
                     jobs.push(Job {
@@ -679,34 +699,23 @@ impl<V: Value> Inner<V> {
                         flight,
                         previous: stale.clone(),
                     });
-                    waits.push((key, ticket, stale));
+                    waits.push((ticket, stale, key));
                 }
             }
         }
-        if !jobs.is_empty() {
-            for (key, entry) in refresh {
-                if let Some(flight) = self.flights.lock(&key).start_if_idle(&key, born) {
-                    jobs.push(Job {
-                        key,
-                        flight,
-                        previous: Some(entry),
-                    });
-                }
-            }
-            self.spawn_load(
-                &runtime,
-                jobs,
-                Arc::clone(&opts),
-                born,
-                false,
-                batch_call(loader),
-            );
+        // Keys due for refresh ride along in the same loader call (nobody waits
+        // on them); with nothing else to load, they are refreshed on their own.
+        let call = batch_call(loader);
+        if jobs.is_empty() {
+            self.refresh_in_background(&runtime, refresh, Arc::clone(&opts), call);
+        } else {
+            let refreshing = self.refresh_jobs(refresh, &birth);
+            let refresh = !refreshing.is_empty();
+            jobs.extend(refreshing);
+            self.spawn_load(&runtime, jobs, Arc::clone(&opts), birth.born, refresh, call);
         }
-        for (key, ticket, stale) in waits {
-            if let Some(value) = self
-                .await_load(&key, ticket, stale, opts.soft_timeout)
-                .await?
-            {
+        for (ticket, stale, key) in waits {
+            if let Some(value) = self.await_load(ticket, stale, soft_deadline).await? {
                 found.insert(key.to_string(), value);
             }
         }
@@ -742,21 +751,32 @@ impl<V: Value> Inner<V> {
         opts: Arc<Options>,
         call: LoaderCall<V>,
     ) {
-        let born = self.begin_load(&opts, self.clock.now());
-        let jobs: Vec<Job<V>> = keys
-            .into_iter()
+        if keys.is_empty() {
+            return;
+        }
+        let birth = self.begin_load(&opts, self.clock.now());
+        let jobs = self.refresh_jobs(keys, &birth);
+        if !jobs.is_empty() {
+            self.spawn_load(runtime, jobs, opts, birth.born, true, call);
+        }
+    }
+
+    /// Registers refresh flights for the keys not already loading.
+    fn refresh_jobs(
+        &self,
+        keys: Vec<(Arc<str>, Arc<Entry<V>>)>,
+        birth: &Arc<Birth>,
+    ) -> Vec<Job<V>> {
+        keys.into_iter()
             .filter_map(|(key, entry)| {
-                let flight = self.flights.lock(&key).start_if_idle(&key, born)?;
+                let flight = self.flights.lock(&key).start_if_idle(&key, birth)?;
                 Some(Job {
                     key,
                     flight,
                     previous: Some(entry),
                 })
             })
-            .collect();
-        if !jobs.is_empty() {
-            self.spawn_load(runtime, jobs, opts, born, true, call);
-        }
+            .collect()
     }
 
     fn spawn_load(

@@ -5,7 +5,7 @@
 //! The L2 tier (a later addition) stores the same metadata in a versioned envelope;
 //! in L1 the value stays decoded behind an `Arc`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,11 @@ pub(crate) struct Entry<V> {
     /// The highest tag-invalidation stamp this entry was checked against and found
     /// valid; saves re-checking its tags on every hit.
     pub validated_through: AtomicU64,
+    /// Set when the entry is removed or replaced by `remove`/`set` (or by a load
+    /// that found the key absent): a caller holding it as a fail-safe fallback
+    /// must not serve it. Eviction does not revoke: an evicted value within its
+    /// grace window is still a fine fallback.
+    pub revoked: AtomicBool,
 }
 
 impl<V> Entry<V> {
@@ -98,6 +103,15 @@ impl<V> Entry<V> {
     pub(crate) fn back_off_until(&self, until: Timestamp) {
         self.retry_after
             .fetch_max(until.as_nanos(), Ordering::Relaxed);
+    }
+
+    /// Marks the entry as removed or replaced (see `revoked`).
+    pub(crate) fn revoke(&self) {
+        self.revoked.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::SeqCst)
     }
 
     pub(crate) fn record_hit(&self) {

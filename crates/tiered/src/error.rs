@@ -51,6 +51,9 @@ pub enum Error {
     /// A loading call was made outside a tokio runtime.
     #[error("no tokio runtime: loads run as tokio tasks")]
     NoRuntime,
+    /// The tokio runtime has timers disabled, so loader timeouts cannot run.
+    #[error("tokio timers are disabled: build the runtime with enable_time() or enable_all()")]
+    TimersDisabled,
 }
 
 impl Error {

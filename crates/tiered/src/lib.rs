@@ -41,6 +41,8 @@
 //! 2. **Miss**: if an [existence filter](BloomFilter) is set and says the key
 //!    cannot exist, return "absent". Otherwise join the key's running load or start
 //!    one — one loader call per key at a time ([single-flight](load::flight)).
+//!    Loads run as tokio tasks on the caller's runtime, which needs timers enabled
+//!    (`#[tokio::main]` does that) for loader timeouts.
 //! 3. **Load fails or is slow**: if a stale value is within its grace window,
 //!    return it ([fail-safe](load::failsafe)), and back off the loader for a while.
 //!    The error is never cached.

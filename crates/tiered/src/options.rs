@@ -185,7 +185,7 @@ impl Options {
     }
 
     /// Adds a tag. [`Cache::invalidate_tag`](crate::Cache::invalidate_tag) drops
-    /// every entry carrying it, in O(1).
+    /// every entry carrying it, in amortized O(1).
     pub fn tag(mut self, tag: impl Into<String>) -> Self {
         self.tags.push(tag.into());
         self

@@ -285,3 +285,34 @@ async fn many_tag_invalidations_stay_correct_after_pruning() {
         }
     }
 }
+
+#[tokio::test]
+async fn unrelated_invalidations_do_not_break_single_flight() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let loader = Loader::returning(s("v"));
+    let first = held_load(&cache, &loader, "k", cache.options().tag("mine")).await;
+    // A busy cache: other tags and dependencies keep being invalidated.
+    cache.set("parent", s("p")).unwrap();
+    cache
+        .set_with("child", s("c"), &cache.options().depends_on("parent"))
+        .unwrap();
+    let mut callers = Vec::new();
+    for i in 0..20 {
+        cache.invalidate_tag(&format!("other-{i}")).unwrap();
+        cache.set("parent", s("p2")).unwrap(); // invalidates the dependency tag
+        callers.push(spawn_get(&cache, &loader, "k", cache.options().tag("mine")));
+    }
+    tiered_testkit::eventually("20 coalesced waits", || cache.stats().coalesced == 20).await;
+    loader.release();
+    for c in callers {
+        assert_eq!(val(c.await.unwrap()), Some(s("v")));
+    }
+    assert_eq!(val(first.await.unwrap()), Some(s("v")));
+    assert_eq!(
+        loader.calls(),
+        1,
+        "one load despite the unrelated invalidations"
+    );
+    assert!(cache.contains("k").unwrap());
+}

@@ -383,3 +383,92 @@ async fn adaptive_ttl_doubles_for_hot_keys_within_bounds_and_falls_back() {
     load(&cache, &loader).await; // cold: back to the base TTL
     assert_eq!(lifetime(cache.clone(), clock.clone()).await, 10);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_waits_one_soft_timeout_not_one_per_key() {
+    let clock = ManualClock::new();
+    let cache = builder(&clock)
+        .ttl(secs(10))
+        .grace(secs(100))
+        .soft_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let keys: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        cache.set(k, format!("old-{k}")).unwrap();
+    }
+    clock.advance(secs(11));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = Arc::clone(&gate);
+    let started = tokio::time::Instant::now();
+    let got = cache
+        .get_many_or_load(&keys, move |_missing| async move {
+            g.notified().await; // a slow database
+            Ok::<_, tiered_testkit::LoadError>(std::collections::HashMap::new())
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 5);
+    assert_eq!(*got["k3"], "old-k3");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(200),
+        "waited {waited:?} for 5 stale keys"
+    );
+    gate.notify_one();
+}
+
+#[tokio::test]
+async fn fail_safe_still_works_when_the_stale_entry_was_evicted_meanwhile() {
+    let clock = ManualClock::new();
+    let cache = builder(&clock)
+        .l1_max_bytes(4096)
+        .ttl(secs(10))
+        .grace(secs(100))
+        .build()
+        .unwrap();
+    cache.set("k", s("last good")).unwrap();
+    clock.advance(secs(11));
+    let loader: Loader<String> = Loader::new(Step::Fail("down".into()));
+    let call = held_load(&cache, &loader, "k", cache.options()).await;
+    for i in 0..200 {
+        cache.set(&format!("filler-{i}"), "x".repeat(100)).unwrap(); // evicts "k"
+    }
+    assert!(cache.stats().l1.evictions > 0);
+    loader.release();
+    assert_eq!(val(call.await.unwrap()), Some(s("last good")));
+}
+
+#[tokio::test]
+async fn a_row_found_absent_is_not_served_later_as_stale() {
+    let clock = ManualClock::new();
+    let cache = builder(&clock)
+        .ttl(secs(10))
+        .grace(secs(100))
+        .build()
+        .unwrap();
+    cache.set("k", s("deleted row")).unwrap();
+    clock.advance(secs(11));
+    // The reload finds the row gone (absence is not cached)...
+    let absent: Loader<String> = Loader::new(Step::Absent);
+    assert_eq!(val(cache.get_or_load("k", absent.load()).await), None);
+    // ...so when the database then fails, the deleted row does not come back.
+    let failing: Loader<String> = Loader::new(Step::Fail("down".into()));
+    assert!(cache.get_or_load("k", failing.load()).await.is_err());
+    assert_eq!(cache.stats().stale_hits, 0);
+}
+
+#[test]
+fn a_runtime_without_timers_gets_a_clear_error_not_a_hang() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap(); // no enable_time
+    let clock = ManualClock::new();
+    let cache = cache(&clock); // default options have a hard timeout
+    let loader = Loader::returning(s("v"));
+    for _ in 0..2 {
+        let got = runtime.block_on(cache.get_or_load("k", loader.load()));
+        assert!(matches!(got, Err(tiered::Error::TimersDisabled)), "{got:?}");
+    }
+    assert_eq!(cache.loads_in_flight(), 0);
+}

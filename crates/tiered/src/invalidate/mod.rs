@@ -52,6 +52,14 @@ pub(crate) type TagId = Arc<str>;
 /// not repeated on every invalidation: pruning stays amortized O(1).
 const PRUNE_AT: usize = 4096;
 
+/// What a load is born with: the stamp read before its loader ran and the tags its
+/// entry will carry. Flights keep it so that a caller can tell whether a running
+/// load predates an invalidation that concerns it.
+pub(crate) struct Birth {
+    pub born: u64,
+    pub tags: Box<[TagId]>,
+}
+
 pub(crate) fn user_tag(tag: &str) -> TagId {
     Arc::from(format!("t:{tag}"))
 }
@@ -111,14 +119,6 @@ impl Invalidations {
 
     fn next(&self) -> u64 {
         self.stamp.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// The stamp of the latest tag invalidation or `clear`: a load born before it
-    /// may carry invalidated data, so new callers do not join it.
-    pub(crate) fn latest(&self) -> u64 {
-        self.latest_tag
-            .load(Ordering::SeqCst)
-            .max(self.cleared_at.load(Ordering::SeqCst))
     }
 
     /// Remembers the longest lifetime handed out, for pruning.
@@ -184,28 +184,34 @@ impl Invalidations {
     /// Whether `entry` is still valid: born after the last `clear` and after the
     /// last invalidation of each of its tags.
     pub(crate) fn is_valid<V>(&self, entry: &Entry<V>) -> bool {
-        if entry.born < self.cleared_at.load(Ordering::SeqCst) {
-            return false;
-        }
-        if entry.tags.is_empty() {
-            return true;
-        }
         let latest = self.latest_tag.load(Ordering::SeqCst);
-        if entry.born >= latest || entry.validated_through.load(Ordering::Relaxed) >= latest {
-            return true;
+        if entry.validated_through.load(Ordering::Relaxed) >= latest
+            && entry.born >= self.cleared_at.load(Ordering::SeqCst)
+        {
+            return true; // nothing new since the last check (the common case)
         }
-        let records = self.records.read();
-        let invalidated = entry.tags.iter().any(|tag| {
-            records
-                .tags
-                .get(tag)
-                .is_some_and(|&(stamp, _)| entry.born < stamp)
-        });
-        if invalidated {
+        if self.outdated(entry.born, &entry.tags) {
             return false;
         }
         entry.validated_through.fetch_max(latest, Ordering::Relaxed);
         true
+    }
+
+    /// Whether data born at `born` and carrying `tags` has been invalidated since.
+    pub(crate) fn outdated(&self, born: u64, tags: &[TagId]) -> bool {
+        if born < self.cleared_at.load(Ordering::SeqCst) {
+            return true;
+        }
+        if tags.is_empty() || born >= self.latest_tag.load(Ordering::SeqCst) {
+            return false;
+        }
+        let records = self.records.read();
+        tags.iter().any(|tag| {
+            records
+                .tags
+                .get(tag)
+                .is_some_and(|&(stamp, _)| born < stamp)
+        })
     }
 
     /// Whether a freshly loaded `entry` may be installed: valid, and not older

@@ -25,6 +25,7 @@ fn entry(weight: u64, lives: Duration) -> Arc<Entry<u32>> {
         hits: Default::default(),
         retry_after: Default::default(),
         validated_through: Default::default(),
+        revoked: Default::default(),
     })
 }
 

@@ -14,7 +14,9 @@
 //! that is backing off is returned without starting a load (see `Cache::lookup`).
 
 use std::sync::Arc;
-use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use tokio::time::Instant;
 
 use crate::cache::Inner;
 use crate::entry::Entry;
@@ -22,31 +24,39 @@ use crate::error::Result;
 use crate::Value;
 
 use super::flight::Ticket;
+use super::sleep_until;
 
 impl<V: Value> Inner<V> {
     /// Waits for a load's outcome, falling back to `stale` as described above.
+    /// `soft_deadline` is when the soft timeout ends (one deadline for a whole
+    /// batch, so N stale keys cannot wait N soft timeouts).
     pub(crate) async fn await_load(
         &self,
-        key: &str,
         ticket: Ticket<V>,
         stale: Option<Arc<Entry<V>>>,
-        soft_timeout: Option<Duration>,
+        soft_deadline: Option<Instant>,
     ) -> Result<Option<Arc<V>>> {
         let mut outcome = std::pin::pin!(ticket.outcome());
-        let outcome = match (&stale, soft_timeout) {
-            (Some(_), Some(soft)) => match tokio::time::timeout(soft, &mut outcome).await {
-                Ok(outcome) => outcome,
-                Err(_elapsed) => match self.serve_stale(key, stale.as_ref()) {
+        // Without timers (a runtime built without them) there is no soft timeout:
+        // wait for the load, which its hard timeout reports.
+        let sleep = match (&stale, soft_deadline) {
+            (Some(_), Some(deadline)) => sleep_until(deadline),
+            _ => None,
+        };
+        let outcome = match sleep {
+            Some(sleep) => match select(outcome.as_mut(), std::pin::pin!(sleep)).await {
+                Either::Left((outcome, _)) => outcome,
+                Either::Right(_) => match self.serve_stale(stale.as_deref()) {
                     Some(value) => return Ok(value),
-                    // The grace window closed while we waited: keep waiting.
+                    // The stale value expired or was revoked while we waited.
                     None => outcome.await,
                 },
             },
-            _ => outcome.await,
+            None => outcome.await,
         };
         match outcome {
             Ok(value) => Ok(value),
-            Err(error) => match self.serve_stale(key, stale.as_ref()) {
+            Err(error) => match self.serve_stale(stale.as_deref()) {
                 Some(value) => Ok(value),
                 None => Err(error),
             },
@@ -54,20 +64,13 @@ impl<V: Value> Inner<V> {
     }
 
     /// The stale value, if it may still be served (counted as a stale hit): within
-    /// its grace window, not invalidated, and not removed or replaced in L1 since
-    /// the caller found it — a removal during the load must not be undone here.
-    pub(crate) fn serve_stale(
-        &self,
-        key: &str,
-        stale: Option<&Arc<Entry<V>>>,
-    ) -> Option<Option<Arc<V>>> {
+    /// its grace window, not invalidated, and not removed or replaced since the
+    /// caller found it — a removal during the load must not be undone here.
+    pub(crate) fn serve_stale(&self, stale: Option<&Entry<V>>) -> Option<Option<Arc<V>>> {
         let stale = stale?;
         if stale.is_gone(self.clock.now())
+            || stale.is_revoked()
             || !self.invalidations.is_valid(stale)
-            || !self
-                .l1
-                .peek(key)
-                .is_some_and(|current| Arc::ptr_eq(&current, stale))
         {
             return None;
         }

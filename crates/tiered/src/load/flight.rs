@@ -13,10 +13,13 @@
 //! read the data before it. The load installs its result under the same lock, so
 //! the check and the store cannot be split by an invalidation.
 //!
-//! Each flight records the invalidation stamp it was born with. A caller that
-//! finds a flight born before the latest tag invalidation or `clear` does not join
-//! it either (the flight might carry an invalidated tag): it fences it and starts
-//! a fresh one.
+//! Each flight records its *birth*: the stamp it was born with and the tags its
+//! entry will carry. A caller that finds a flight outdated by a later `clear` or
+//! by an invalidation of one of *its* tags does not join it either: it fences it
+//! and starts a fresh one. (Tag invalidations and `clear` take no registry lock;
+//! a load that slips past them is still refused by the stamp check at install and
+//! at read.) So "one load per key at a time" has one exception: a fenced load may
+//! still be finishing while its replacement runs; only the replacement installs.
 //!
 //! # Never wedged
 //!
@@ -36,6 +39,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use crate::error::Error;
+use crate::invalidate::Birth;
 
 /// What a load produced for one key: the value, a definite "absent", or an error.
 pub(crate) type Outcome<V> = Result<Option<Arc<V>>, Error>;
@@ -45,17 +49,16 @@ const SHARDS: usize = 64;
 pub(crate) struct Flight<V> {
     tx: watch::Sender<Option<Outcome<V>>>,
     fenced: AtomicBool,
-    /// The invalidation stamp the load was born with.
-    pub born: u64,
+    birth: Arc<Birth>,
 }
 
 impl<V> Flight<V> {
-    fn new(born: u64) -> (Arc<Self>, Ticket<V>) {
+    fn new(birth: &Arc<Birth>) -> (Arc<Self>, Ticket<V>) {
         let (tx, rx) = watch::channel(None);
         let flight = Arc::new(Flight {
             tx,
             fenced: AtomicBool::new(false),
-            born,
+            birth: Arc::clone(birth),
         });
         (flight, Ticket { rx })
     }
@@ -150,19 +153,19 @@ pub(crate) struct Registry<'a, V> {
 
 impl<V> Registry<'_, V> {
     /// Joins `key`'s flight, or — after `recheck` finds nothing usable — starts one
-    /// born at `born`. A flight born before `oldest_joinable` is not joined (it may
-    /// predate an invalidation): it is fenced and replaced. The re-check under the
-    /// lock closes the gap between a caller's L1 miss and a flight that finished
-    /// (installed and unregistered) just before this call.
+    /// with `birth`. A flight that `outdated` says predates an invalidation is not
+    /// joined: it is fenced and replaced. The re-check under the lock closes the
+    /// gap between a caller's L1 miss and a flight that finished (installed and
+    /// unregistered) just before this call.
     pub(crate) fn join<E>(
         &mut self,
         key: &Arc<str>,
-        born: u64,
-        oldest_joinable: u64,
+        birth: &Arc<Birth>,
+        outdated: impl Fn(&Birth) -> bool,
         recheck: impl FnOnce() -> Option<E>,
     ) -> Joined<V, E> {
         if let Some(flight) = self.map.get(&**key) {
-            if flight.born >= oldest_joinable {
+            if !outdated(&flight.birth) {
                 return Joined::Wait(Ticket {
                     rx: flight.tx.subscribe(),
                 });
@@ -173,17 +176,21 @@ impl<V> Registry<'_, V> {
         if let Some(found) = recheck() {
             return Joined::Found(found);
         }
-        let (flight, ticket) = Flight::new(born);
+        let (flight, ticket) = Flight::new(birth);
         self.map.insert(Arc::clone(key), Arc::clone(&flight));
         Joined::Lead(flight, ticket)
     }
 
     /// Starts a flight for `key` unless one is running (background refresh).
-    pub(crate) fn start_if_idle(&mut self, key: &Arc<str>, born: u64) -> Option<Arc<Flight<V>>> {
+    pub(crate) fn start_if_idle(
+        &mut self,
+        key: &Arc<str>,
+        birth: &Arc<Birth>,
+    ) -> Option<Arc<Flight<V>>> {
         if self.map.contains_key(&**key) {
             return None;
         }
-        let (flight, _) = Flight::new(born);
+        let (flight, _) = Flight::new(birth);
         self.map.insert(Arc::clone(key), Arc::clone(&flight));
         Some(flight)
     }

@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
 use futures_util::FutureExt;
 
 use crate::cache::Inner;
@@ -148,12 +149,21 @@ impl<V: Value> Inner<V> {
     fn complete(&self, job: &Job<V>, outcome: Outcome<V>, entry: Option<Entry<V>>, now: Timestamp) {
         {
             let mut registry = self.flights.lock(&job.key);
-            if let Some(entry) = entry {
-                if job.flight.is_fenced() || !self.invalidations.may_install(&entry) {
-                    self.recorder.fenced();
-                } else {
-                    self.store(Arc::clone(&job.key), entry, now);
+            let fenced = job.flight.is_fenced();
+            match entry {
+                Some(entry) if fenced || !self.invalidations.may_install(&entry) => {
+                    self.recorder.fenced()
                 }
+                Some(entry) => self.store(Arc::clone(&job.key), entry, now),
+                // The key turned out absent and absence is not cached: whatever
+                // L1 still holds for it is outdated — drop it, so it is neither
+                // served fresh nor used as a fail-safe fallback.
+                None if !fenced && matches!(outcome, Ok(None)) => {
+                    if let Some(old) = self.l1.remove(&job.key) {
+                        old.revoke();
+                    }
+                }
+                None => {}
             }
             registry.finish(&job.key, &job.flight);
         }
@@ -201,6 +211,7 @@ impl<V: Value> Inner<V> {
             hits: Default::default(),
             retry_after: Default::default(),
             validated_through: Default::default(),
+            revoked: Default::default(),
         })
     }
 
@@ -232,6 +243,13 @@ fn jitter(max: Duration) -> Duration {
     }
 }
 
+/// A tokio sleep until `deadline`, or `None` when the runtime has timers disabled
+/// (tokio panics on creating a timer then; the cache reports it instead of
+/// dying).
+pub(crate) fn sleep_until(deadline: tokio::time::Instant) -> Option<tokio::time::Sleep> {
+    std::panic::catch_unwind(|| tokio::time::sleep_until(deadline)).ok()
+}
+
 /// Calls the loader, enforcing the hard timeout and turning a panic into an error.
 async fn call_loader<V>(
     call: LoaderCall<V>,
@@ -242,11 +260,17 @@ async fn call_loader<V>(
     // returning its future is caught too.
     let guarded = AssertUnwindSafe(async move { call(keys).await }).catch_unwind();
     let result = match hard_timeout {
-        Some(limit) => match tokio::time::timeout(limit, guarded).await {
-            Ok(r) => r,
-            // Dropping the loader future here is what cancels it.
-            Err(_) => return Err(Error::Timeout(limit)),
-        },
+        Some(limit) => {
+            let Some(sleep) = sleep_until(tokio::time::Instant::now() + limit) else {
+                return Err(Error::TimersDisabled);
+            };
+            match futures_util::future::select(std::pin::pin!(guarded), std::pin::pin!(sleep)).await
+            {
+                Either::Left((result, _)) => result,
+                // Dropping the loader future here is what cancels it.
+                Either::Right(_) => return Err(Error::Timeout(limit)),
+            }
+        }
         None => guarded.await,
     };
     match result {
