@@ -63,6 +63,27 @@ pub(crate) struct Entry<V> {
 }
 
 impl<V> Entry<V> {
+    /// An entry that never expires and carries no tags (for [`crate::l1::L1Cache`]).
+    pub(crate) fn forever(value: Arc<V>, weight: u64) -> Self {
+        Entry {
+            value: Some(value),
+            born: 0,
+            refresh_at: Timestamp::MAX,
+            fresh_until: Timestamp::MAX,
+            stale_until: Timestamp::MAX,
+            ttl: Duration::ZERO,
+            load_duration: Duration::ZERO,
+            xfetch_beta: None,
+            tags: Box::new([]),
+            weight,
+            adaptive: None,
+            hits: AtomicU64::new(0),
+            retry_after: AtomicU64::new(0),
+            validated_through: AtomicU64::new(0),
+            revoked: AtomicBool::new(false),
+        }
+    }
+
     pub(crate) fn freshness(&self, now: Timestamp) -> Freshness {
         if now >= self.stale_until {
             Freshness::Gone

@@ -151,5 +151,65 @@ impl<V> L1<V> {
     }
 }
 
+/// The L1 tier on its own, without the engine around it: a concurrent map bounded
+/// by total weight, using the same shards and eviction policy as a [`Cache`]'s
+/// L1, with entries that never expire.
+///
+/// It exists so the tier can be measured against other in-process caches (see
+/// `bench/`): hit ratio on real traces and raw throughput. Applications want
+/// [`Cache`], which adds expiry, loading, invalidation and stats.
+///
+/// [`Cache`]: crate::Cache
+///
+/// ```
+/// use tiered::l1::L1Cache;
+///
+/// let cache = L1Cache::new(2);
+/// cache.insert("a", 1u32, 1);
+/// cache.insert("b", 2u32, 1);
+/// assert_eq!(cache.get("a").as_deref(), Some(&1));
+/// ```
+pub struct L1Cache<V> {
+    tier: L1<V>,
+}
+
+impl<V> L1Cache<V> {
+    /// A cache holding entries of total weight at most `max_weight` (> 0).
+    pub fn new(max_weight: u64) -> Self {
+        L1Cache {
+            tier: L1::new(max_weight.max(1)),
+        }
+    }
+
+    /// The value at `key`, counting the access for eviction.
+    pub fn get(&self, key: &str) -> Option<Arc<V>> {
+        self.tier.get(key).and_then(|e| e.value.clone())
+    }
+
+    /// Stores `value` with `weight` (the key is not charged here), evicting as
+    /// needed. Returns false if the value is heavier than a shard can hold.
+    pub fn insert(&self, key: &str, value: V, weight: u64) -> bool {
+        let entry = Entry::forever(Arc::new(value), weight);
+        self.tier
+            .insert(Arc::from(key), Arc::new(entry), Timestamp::ZERO)
+            .stored
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> u64 {
+        self.tier.len()
+    }
+
+    /// True if nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Total weight held.
+    pub fn weighted_size(&self) -> u64 {
+        self.tier.weighted_size()
+    }
+}
+
 #[cfg(test)]
 mod tests;

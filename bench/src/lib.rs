@@ -1,0 +1,3 @@
+//! Shared code for the benchmark harnesses: reading cache traces.
+
+pub mod trace;
