@@ -175,9 +175,11 @@ pub fn read(path: &Path, format: Format) -> io::Result<Vec<u64>> {
     Ok(keys)
 }
 
-/// The reference rows for each trace, parsed from the README's tables:
-/// trace name → (policy → hit ratio per listed size).
-pub fn reference_tables(readme: &str) -> BTreeMap<String, Vec<(String, Vec<(usize, f64)>)>> {
+/// One reference row: a policy and its hit ratio (%) per listed size.
+pub type ReferenceRow = (String, Vec<(usize, f64)>);
+
+/// The reference rows for each trace, parsed from the README's tables, by trace name.
+pub fn reference_tables(readme: &str) -> BTreeMap<String, Vec<ReferenceRow>> {
     let mut tables = BTreeMap::new();
     let mut lines = readme.lines().peekable();
     while let Some(line) = lines.next() {
