@@ -1,104 +1,88 @@
-//! One shard of the L1 tier: a map plus the S3-FIFO queues that decide eviction.
+//! One shard of the L1 tier: a map, the W-TinyLFU [`Policy`] deciding what to
+//! evict, and a read buffer.
 //!
-//! Queues hold `(key, id)` pairs and are cleaned lazily: removing a key only
-//! removes it from the map, and a queue node whose id no longer matches the map is
-//! skipped when it reaches the head. When dead nodes outnumber live ones the
-//! queues are compacted, so memory stays proportional to what the shard holds.
+//! # Why a read buffer
+//!
+//! An LRU-based policy must reorder its lists on every hit, which needs exclusive
+//! access; taking the shard's write lock on every read would serialize readers.
+//! Instead a hit records the entry's token in a small lossy buffer (an atomic
+//! increment and a store, under the shared lock), and the buffer is replayed into
+//! the policy under the write lock — by the reader that fills it (if the lock is
+//! free) and before every write. Under heavy contention a full buffer drops
+//! records: the policy then sees a sample of the hits, which is what Caffeine
+//! does too and costs little hit ratio.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::clock::Timestamp;
 use crate::entry::Entry;
 
+use super::policy::{Policy, Token};
 use super::Inserted;
 
-/// A hit counter saturates here: three hits buy three laps in the main queue.
-const MAX_FREQ: u8 = 3;
-/// The small queue's share of the shard budget, in percent.
-const SMALL_PERCENT: u64 = 10;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Queue {
-    Small,
-    Main,
-}
+/// Hits recorded before the buffer asks to be drained.
+const READ_BUFFER: usize = 64;
+/// Least recent entries examined for expiry on each insert.
+const EXPIRY_PROBE: usize = 4;
 
 struct Slot<V> {
     entry: Arc<Entry<V>>,
-    weight: u64,
-    freq: AtomicU8,
-    id: u64,
-    queue: Queue,
+    token: Token,
 }
 
-struct Node {
-    key: Arc<str>,
-    hash: u64,
-    id: u64,
+struct ReadBuffer {
+    slots: Box<[AtomicU64]>,
+    next: AtomicUsize,
 }
 
-/// Hashes of recently evicted keys, in FIFO order, bounded. Each membership has a
-/// generation so that a stale `order` node (left behind by `take`) falling off the
-/// end cannot cancel a newer membership of the same hash.
-#[derive(Default)]
-struct Ghost {
-    order: VecDeque<(u64, u64)>,
-    members: HashMap<u64, u64, foldhash::fast::RandomState>,
-    generation: u64,
-}
-
-impl Ghost {
-    fn insert(&mut self, hash: u64, capacity: usize) {
-        self.generation += 1;
-        self.members.insert(hash, self.generation);
-        self.order.push_back((hash, self.generation));
-        while self.order.len() > capacity.max(1) {
-            if let Some((old, generation)) = self.order.pop_front() {
-                if self.members.get(&old) == Some(&generation) {
-                    self.members.remove(&old);
-                }
-            }
+impl ReadBuffer {
+    fn new() -> Self {
+        ReadBuffer {
+            slots: (0..READ_BUFFER).map(|_| AtomicU64::new(0)).collect(),
+            next: AtomicUsize::new(0),
         }
     }
 
-    /// Removes `hash` if present; true if it was.
-    fn take(&mut self, hash: u64) -> bool {
-        self.members.remove(&hash).is_some()
+    /// Records a hit; true when the buffer is full and should be drained.
+    fn record(&self, t: Token) -> bool {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i < READ_BUFFER {
+            self.slots[i].store(t.pack(), Ordering::Relaxed);
+        }
+        i + 1 >= READ_BUFFER
     }
 
-    fn clear(&mut self) {
-        self.order.clear();
-        self.members.clear();
+    /// Takes every recorded token (exclusive access: no reader is running).
+    fn drain(&mut self, mut f: impl FnMut(Token)) {
+        let n = (*self.next.get_mut()).min(READ_BUFFER);
+        for slot in &mut self.slots[..n] {
+            if let Some(t) = Token::unpack(std::mem::take(slot.get_mut())) {
+                f(t);
+            }
+        }
+        *self.next.get_mut() = 0;
     }
 }
 
 pub(super) struct Shard<V> {
     map: HashMap<Arc<str>, Slot<V>, foldhash::fast::RandomState>,
-    small: VecDeque<Node>,
-    main: VecDeque<Node>,
-    ghost: Ghost,
+    /// Token index → key, to find an evicted entry's key.
+    keys: Vec<Option<Arc<str>>>,
+    policy: Policy,
     budget: u64,
-    /// The small queue's share of `budget`.
-    small_budget: u64,
-    bytes: u64,
-    small_bytes: u64,
-    next_id: u64,
+    reads: ReadBuffer,
 }
 
 impl<V> Shard<V> {
     pub(super) fn new(budget: u64) -> Self {
         Shard {
             map: HashMap::default(),
-            small: VecDeque::new(),
-            main: VecDeque::new(),
-            ghost: Ghost::default(),
+            keys: Vec::new(),
+            policy: Policy::new(budget),
             budget,
-            small_budget: budget / 100 * SMALL_PERCENT,
-            bytes: 0,
-            small_bytes: 0,
-            next_id: 0,
+            reads: ReadBuffer::new(),
         }
     }
 
@@ -107,21 +91,25 @@ impl<V> Shard<V> {
     }
 
     pub(super) fn bytes(&self) -> u64 {
-        self.bytes
+        self.policy.weight()
     }
 
-    pub(super) fn get(&self, key: &str) -> Option<Arc<Entry<V>>> {
+    /// The entry at `key`, recording the hit; the flag asks the caller to drain
+    /// the read buffer (see [`drain_reads`](Self::drain_reads)).
+    pub(super) fn get(&self, key: &str) -> Option<(Arc<Entry<V>>, bool)> {
         let slot = self.map.get(key)?;
-        // Relaxed: the counter is a hint for eviction, not a synchronization point.
-        let f = slot.freq.load(Ordering::Relaxed);
-        if f < MAX_FREQ {
-            slot.freq.store(f + 1, Ordering::Relaxed);
-        }
-        Some(Arc::clone(&slot.entry))
+        let full = self.reads.record(slot.token);
+        Some((Arc::clone(&slot.entry), full))
     }
 
     pub(super) fn peek(&self, key: &str) -> Option<Arc<Entry<V>>> {
         self.map.get(key).map(|slot| Arc::clone(&slot.entry))
+    }
+
+    /// Replays recorded hits into the policy.
+    pub(super) fn drain_reads(&mut self) {
+        let policy = &mut self.policy;
+        self.reads.drain(|t| policy.on_hit(t));
     }
 
     pub(super) fn insert(
@@ -132,61 +120,58 @@ impl<V> Shard<V> {
         weight: u64,
         now: Timestamp,
     ) -> Inserted {
+        self.drain_reads();
         let mut out = Inserted::default();
-        // A replacement keeps the standing the key earned: if it had been promoted
-        // (or hit), the new value goes straight to main.
-        let earned_main = self
-            .map
-            .get(&*key)
-            .is_some_and(|s| s.queue == Queue::Main || s.freq.load(Ordering::Relaxed) > 0);
-        self.remove(&key);
         if weight > self.budget {
-            return out; // too heavy to ever fit
+            self.remove(&key); // too heavy to ever fit; the old value is outdated
+            return out;
         }
-        while self.bytes + weight > self.budget {
-            if !self.evict_one(now, &mut out) {
-                break;
+        // A replacement re-enters as the newest entry, so a value just stored is
+        // never the one evicted to make room for itself; the key's popularity
+        // survives in the policy's frequency sketch, which is keyed by hash.
+        self.remove(&key);
+        let token = self.policy.insert(hash, weight);
+        let i = token.index as usize;
+        if self.keys.len() <= i {
+            self.keys.resize(i + 1, None);
+        }
+        self.keys[i] = Some(Arc::clone(&key));
+        self.map.insert(Arc::clone(&key), Slot { entry, token });
+        // Reclaim expired entries at the cold ends first: no background thread.
+        for t in self.policy.coldest(EXPIRY_PROBE) {
+            let expired = self
+                .key_of(t)
+                .and_then(|k| self.map.get(k))
+                .is_some_and(|s| s.entry.is_gone(now));
+            if expired {
+                self.evict_token(t);
             }
         }
-        let queue = if earned_main || self.ghost.take(hash) {
-            Queue::Main
-        } else {
-            Queue::Small
-        };
-        let id = self.next_id;
-        self.next_id += 1;
-        let node = Node {
-            key: Arc::clone(&key),
-            hash,
-            id,
-        };
-        match queue {
-            Queue::Small => self.small.push_back(node),
-            Queue::Main => self.main.push_back(node),
+        while let Some(victim) = self.policy.evict() {
+            self.evict_token(victim);
+            out.evicted += 1;
         }
-        self.bytes += weight;
-        if queue == Queue::Small {
-            self.small_bytes += weight;
-        }
-        let freq = AtomicU8::new(0);
-        self.map.insert(
-            key,
-            Slot {
-                entry,
-                weight,
-                freq,
-                id,
-                queue,
-            },
-        );
-        out.stored = true;
-        self.maybe_compact();
+        out.stored = self.map.contains_key(&*key);
         out
+    }
+
+    fn key_of(&self, t: Token) -> Option<&Arc<str>> {
+        self.keys.get(t.index as usize)?.as_ref()
+    }
+
+    fn evict_token(&mut self, t: Token) {
+        if let Some(key) = self.keys.get_mut(t.index as usize).and_then(Option::take) {
+            self.map.remove(&key);
+        }
+        self.policy.remove(t);
     }
 
     pub(super) fn remove(&mut self, key: &str) -> Option<Arc<Entry<V>>> {
         let slot = self.map.remove(key)?;
-        self.sub_queue(slot.queue, slot.weight);
+        if let Some(k) = self.keys.get_mut(slot.token.index as usize) {
+            *k = None;
+        }
+        self.policy.remove(slot.token);
         Some(slot.entry)
     }
 
@@ -199,126 +184,31 @@ impl<V> Shard<V> {
 
     pub(super) fn clear(&mut self) {
         self.map.clear();
-        self.small.clear();
-        self.main.clear();
-        self.ghost.clear();
-        self.bytes = 0;
-        self.small_bytes = 0;
+        self.keys.clear();
+        self.policy.clear();
+        self.reads.drain(|_| {});
     }
 
-    fn sub_queue(&mut self, queue: Queue, weight: u64) {
-        self.bytes -= weight;
-        if queue == Queue::Small {
-            self.small_bytes -= weight;
-        }
-    }
-
-    /// Evicts (or promotes) one node. Returns false when nothing is left to evict.
-    fn evict_one(&mut self, now: Timestamp, out: &mut Inserted) -> bool {
-        let small_over = self.small_bytes >= self.small_budget;
-        if (small_over || self.main.is_empty()) && self.evict_small(now, out) {
-            return true;
-        }
-        self.evict_main(now, out) || self.evict_small(now, out)
-    }
-
-    /// Pops the small queue's head: promote it to main if it was hit, else evict it
-    /// into the ghost list. Returns false if the small queue holds no live node.
-    fn evict_small(&mut self, now: Timestamp, out: &mut Inserted) -> bool {
-        while let Some(node) = self.small.pop_front() {
-            let Some(slot) = self.map.get_mut(&*node.key) else {
-                continue;
-            };
-            if slot.id != node.id || slot.queue != Queue::Small {
-                continue;
-            }
-            let expired = slot.entry.is_gone(now);
-            if !expired && slot.freq.load(Ordering::Relaxed) > 0 {
-                slot.freq.store(0, Ordering::Relaxed);
-                slot.queue = Queue::Main;
-                self.small_bytes -= slot.weight;
-                self.main.push_back(node);
-                continue;
-            }
-            self.remove(&node.key);
-            if !expired {
-                out.evicted += 1;
-                let capacity = self.map.len();
-                self.ghost.insert(node.hash, capacity);
-            }
-            return true;
-        }
-        false
-    }
-
-    /// Pops main's head: a hit buys it another lap, otherwise it is evicted.
-    fn evict_main(&mut self, now: Timestamp, out: &mut Inserted) -> bool {
-        while let Some(node) = self.main.pop_front() {
-            let Some(slot) = self.map.get(&*node.key) else {
-                continue;
-            };
-            if slot.id != node.id || slot.queue != Queue::Main {
-                continue;
-            }
-            let expired = slot.entry.is_gone(now);
-            let f = slot.freq.load(Ordering::Relaxed);
-            if !expired && f > 0 {
-                slot.freq.store(f - 1, Ordering::Relaxed);
-                self.main.push_back(node);
-                continue;
-            }
-            self.remove(&node.key);
-            if !expired {
-                out.evicted += 1;
-            }
-            return true;
-        }
-        false
-    }
-
-    /// Rebuilds the queues without dead nodes once they are mostly dead.
-    fn maybe_compact(&mut self) {
-        let nodes = self.small.len() + self.main.len();
-        if nodes <= 2 * self.map.len() + 64 {
-            return;
-        }
-        let map = &self.map;
-        let live = |n: &Node, q: Queue| {
-            map.get(&*n.key)
-                .is_some_and(|s| s.id == n.id && s.queue == q)
-        };
-        self.small.retain(|n| live(n, Queue::Small));
-        self.main.retain(|n| live(n, Queue::Main));
-    }
-
-    /// Nodes in the queues, live or dead.
+    /// Slab slots in the policy, live or free.
     #[cfg(test)]
     pub(super) fn queued(&self) -> usize {
-        self.small.len() + self.main.len()
+        self.policy.slots()
     }
 
-    /// Byte counters match the map; every live entry has exactly one live node.
+    /// The map and the policy agree, and the budget holds.
     #[cfg(test)]
     pub(super) fn check_invariants(&self) {
-        let bytes: u64 = self.map.values().map(|s| s.weight).sum();
-        let small: u64 = self
-            .map
-            .values()
-            .filter(|s| s.queue == Queue::Small)
-            .map(|s| s.weight)
-            .sum();
-        assert_eq!(self.bytes, bytes, "bytes");
-        assert_eq!(self.small_bytes, small, "small bytes");
+        self.policy.check();
+        assert!(
+            self.bytes() <= self.budget,
+            "{} > {}",
+            self.bytes(),
+            self.budget
+        );
         for (key, slot) in &self.map {
-            let queue = match slot.queue {
-                Queue::Small => &self.small,
-                Queue::Main => &self.main,
-            };
-            let live = queue
-                .iter()
-                .filter(|n| &n.key == key && n.id == slot.id)
-                .count();
-            assert_eq!(live, 1, "key {key} has {live} live nodes");
+            assert_eq!(self.key_of(slot.token), Some(key), "key table out of sync");
         }
+        let live = self.keys.iter().filter(|k| k.is_some()).count();
+        assert_eq!(live, self.map.len());
     }
 }

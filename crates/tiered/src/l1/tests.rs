@@ -89,7 +89,7 @@ fn replacing_an_entry_updates_its_weight() {
 
 #[test]
 fn frequently_hit_keys_survive_a_scan() {
-    // S3-FIFO's point: a burst of one-hit wonders must not flush the hot set.
+    // TinyLFU's point: a burst of one-hit wonders must not flush the hot set.
     let mut shard: Shard<u32> = Shard::new(100 * 10);
     for k in 0..50 {
         shard.insert(key(k), k, entry(10, HOUR), 10, NOW);

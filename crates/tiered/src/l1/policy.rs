@@ -1,0 +1,643 @@
+//! W-TinyLFU with an adaptive window: the eviction and admission policy of one
+//! L1 shard.
+//!
+//! # The policy
+//!
+//! Entries live in one of three LRU lists:
+//!
+//! * the **window** (starts at 1% of the capacity) takes every new entry, so a
+//!   burst of new keys competes only with each other;
+//! * the **main** space behind it is a segmented LRU: **probation** (entries
+//!   admitted from the window, or demoted) and **protected** (80% of main:
+//!   entries hit while on probation).
+//!
+//! When the window overflows, its least recent entry becomes a *candidate* for
+//! main. If main is full, the candidate and main's least recent entry (the
+//! *victim*) are compared by their estimated frequency in a **count-min sketch**
+//! of recent accesses (TinyLFU): the more popular stays, the other is evicted.
+//! The sketch halves all counters every `10 × capacity` accesses, so popularity
+//! ages. A candidate that ties but is warm (frequency ≥ 6) is admitted with
+//! probability 1/128, so an attacker cannot pin the cache by colliding hashes.
+//!
+//! # Adapting the window (hill climbing)
+//!
+//! A small window favours frequency (loops, scans over a stable hot set); a
+//! large one favours recency (bursty, recency-skewed workloads). No fixed split
+//! wins both, so — as Caffeine does — the policy measures its hit rate over each
+//! sample of `10 × capacity` requests and moves the window size by a step in the
+//! direction that last improved it, reversing when the hit rate drops. The step
+//! starts at 6.25% of capacity and decays by 2% per sample; a hit-rate change of
+//! 5 points or more restarts it, so the policy re-adapts when the workload shifts.
+//! These are Caffeine's published constants; nothing here is tuned to a trace.
+//!
+//! # Weights
+//!
+//! Capacities and list sizes are in weight units (bytes in the engine, 1 per
+//! entry in the benchmarks); the sketch is sized by entry count and grows with it.
+
+/// Where a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Window,
+    Probation,
+    Protected,
+}
+
+const NIL: u32 = u32::MAX;
+
+struct Node {
+    hash: u64,
+    weight: u64,
+    prev: u32,
+    next: u32,
+    queue: Queue,
+    /// Bumped when the slot is freed, so stale read-buffer tokens are ignored.
+    generation: u32,
+    live: bool,
+}
+
+/// A doubly linked LRU list threaded through the slab; head is least recent.
+#[derive(Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+    weight: u64,
+}
+
+impl List {
+    const EMPTY: List = List {
+        head: NIL,
+        tail: NIL,
+        weight: 0,
+    };
+}
+
+/// A handle on a node: slot index plus generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Token {
+    pub index: u32,
+    pub generation: u32,
+}
+
+impl Token {
+    /// Packs into a non-zero u64 (0 means "empty" in the read buffer).
+    pub(super) fn pack(self) -> u64 {
+        (u64::from(self.generation) << 32) | (u64::from(self.index) + 1)
+    }
+
+    pub(super) fn unpack(v: u64) -> Option<Token> {
+        let index = (v & 0xFFFF_FFFF) as u32;
+        (index != 0).then(|| Token {
+            index: index - 1,
+            generation: (v >> 32) as u32,
+        })
+    }
+}
+
+pub(super) struct Policy {
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    window: List,
+    probation: List,
+    protected: List,
+    capacity: u64,
+    window_cap: u64,
+    protected_cap: u64,
+    sketch: Sketch,
+    climber: Climber,
+}
+
+/// The most entries the sketch is sized for before any are stored.
+const SKETCH_START_CAP: u64 = 1 << 16;
+/// Share of capacity the window starts with.
+const WINDOW_START_PERCENT: u64 = 1;
+/// Share of main held by the protected segment.
+const PROTECTED_PERCENT: u64 = 80;
+
+impl Policy {
+    pub(super) fn new(capacity: u64) -> Self {
+        let window_cap = (capacity * WINDOW_START_PERCENT / 100).max(1).min(capacity);
+        let mut p = Policy {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            window: List::EMPTY,
+            probation: List::EMPTY,
+            protected: List::EMPTY,
+            capacity,
+            window_cap,
+            protected_cap: 0,
+            // Sized for `capacity` entries (exact with unit weights), capped so
+            // a byte budget does not allocate a huge table up front; it grows
+            // with the entry count.
+            sketch: Sketch::new(capacity.min(SKETCH_START_CAP) as usize),
+            climber: Climber::new(capacity),
+        };
+        p.protected_cap = p.main_cap() * PROTECTED_PERCENT / 100;
+        p
+    }
+
+    fn main_cap(&self) -> u64 {
+        self.capacity - self.window_cap
+    }
+
+    pub(super) fn weight(&self) -> u64 {
+        self.window.weight + self.probation.weight + self.protected.weight
+    }
+
+    fn list(&mut self, q: Queue) -> &mut List {
+        match q {
+            Queue::Window => &mut self.window,
+            Queue::Probation => &mut self.probation,
+            Queue::Protected => &mut self.protected,
+        }
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next, q, w) = {
+            let n = &self.nodes[i as usize];
+            (n.prev, n.next, n.queue, n.weight)
+        };
+        if prev != NIL {
+            self.nodes[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.nodes[next as usize].prev = prev;
+        }
+        let list = self.list(q);
+        if list.head == i {
+            list.head = next;
+        }
+        if list.tail == i {
+            list.tail = prev;
+        }
+        list.weight -= w;
+    }
+
+    fn push_tail(&mut self, i: u32, q: Queue) {
+        let w = self.nodes[i as usize].weight;
+        let tail = self.list(q).tail;
+        {
+            let n = &mut self.nodes[i as usize];
+            n.queue = q;
+            n.prev = tail;
+            n.next = NIL;
+        }
+        if tail != NIL {
+            self.nodes[tail as usize].next = i;
+        }
+        let list = self.list(q);
+        if list.head == NIL {
+            list.head = i;
+        }
+        list.tail = i;
+        list.weight += w;
+    }
+
+    fn valid(&self, t: Token) -> bool {
+        self.nodes
+            .get(t.index as usize)
+            .is_some_and(|n| n.live && n.generation == t.generation)
+    }
+
+    /// Records a hit on `t` (ignored if the node is gone).
+    pub(super) fn on_hit(&mut self, t: Token) {
+        if !self.valid(t) {
+            return;
+        }
+        let i = t.index;
+        let hash = self.nodes[i as usize].hash;
+        self.sketch.increment(hash);
+        self.climber.hit();
+        match self.nodes[i as usize].queue {
+            Queue::Window => {
+                self.unlink(i);
+                self.push_tail(i, Queue::Window);
+            }
+            Queue::Probation => {
+                self.unlink(i);
+                self.push_tail(i, Queue::Protected);
+                // Keep protected within its share: demote its least recent.
+                while self.protected.weight > self.protected_cap && self.protected.head != i {
+                    let d = self.protected.head;
+                    self.unlink(d);
+                    self.push_tail(d, Queue::Probation);
+                }
+            }
+            Queue::Protected => {
+                self.unlink(i);
+                self.push_tail(i, Queue::Protected);
+            }
+        }
+    }
+
+    /// Adds a new entry; returns its token. The caller then calls
+    /// [`evict`](Self::evict) until the policy is within capacity.
+    pub(super) fn insert(&mut self, hash: u64, weight: u64) -> Token {
+        self.sketch.increment(hash);
+        self.climber.miss();
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.nodes.push(Node {
+                    hash: 0,
+                    weight: 0,
+                    prev: NIL,
+                    next: NIL,
+                    queue: Queue::Window,
+                    generation: 0,
+                    live: false,
+                });
+                (self.nodes.len() - 1) as u32
+            }
+        };
+        let n = &mut self.nodes[index as usize];
+        n.hash = hash;
+        n.weight = weight;
+        n.live = true;
+        let generation = n.generation;
+        self.push_tail(index, Queue::Window);
+        let live = self.nodes.len() - self.free.len();
+        self.sketch.ensure_capacity(live);
+        self.adapt();
+        Token { index, generation }
+    }
+
+    /// Removes an entry.
+    pub(super) fn remove(&mut self, t: Token) {
+        if !self.valid(t) {
+            return;
+        }
+        self.unlink(t.index);
+        let n = &mut self.nodes[t.index as usize];
+        n.live = false;
+        n.generation = n.generation.wrapping_add(1);
+        self.free.push(t.index);
+    }
+
+    /// The token of the entry to evict next, or `None` when within capacity.
+    /// The caller removes it (from its map and with [`remove`](Self::remove)).
+    /// `prefer` lets the caller point at an entry it wants gone first (expired).
+    pub(super) fn evict(&mut self) -> Option<Token> {
+        // Window overflow feeds main; main overflow is settled by TinyLFU. The
+        // newest entry always stays in the window, even if it alone exceeds the
+        // window's share: a value just stored is not refused on arrival (with
+        // unit weights this never triggers — the window holds at least one).
+        while self.window.weight > self.window_cap && self.window.head != self.window.tail {
+            let c = self.window.head;
+            self.unlink(c);
+            self.push_tail(c, Queue::Probation);
+        }
+        if self.weight() <= self.capacity {
+            return None;
+        }
+        // The most recent probation entry is the newest candidate; the least
+        // recent other main entry is the victim.
+        let candidate = self.probation.tail;
+        let victim = if self.probation.head != candidate {
+            self.probation.head
+        } else {
+            self.protected.head
+        };
+        let loser = match (candidate, victim) {
+            (NIL, NIL) => self.window.head,
+            (c, NIL) => c,
+            (NIL, v) => v,
+            (c, v) => {
+                if self.admit(c, v) {
+                    v
+                } else {
+                    c
+                }
+            }
+        };
+        (loser != NIL).then(|| self.token(loser))
+    }
+
+    fn token(&self, i: u32) -> Token {
+        Token {
+            index: i,
+            generation: self.nodes[i as usize].generation,
+        }
+    }
+
+    /// TinyLFU admission: does `candidate` deserve `victim`'s place? Ties go to
+    /// the victim.
+    ///
+    /// Caffeine also admits a warm candidate on a tie with probability 1/128, to
+    /// defeat an attacker who crafts keys colliding with a victim's counters. That
+    /// attack needs predictable hashes; every L1 here hashes keys with its own
+    /// random seed, so the defence is not needed — and on loop-like workloads the
+    /// random admissions churn the stable set (measured: −4 points on the LIRS
+    /// loop trace at 750 entries).
+    fn admit(&self, candidate: u32, victim: u32) -> bool {
+        let cf = self.sketch.frequency(self.nodes[candidate as usize].hash);
+        let vf = self.sketch.frequency(self.nodes[victim as usize].hash);
+        cf > vf
+    }
+
+    /// Applies the hill climber's decision, if a sample just ended.
+    fn adapt(&mut self) {
+        let Some(step) = self.climber.adjustment() else {
+            return;
+        };
+        let max_window = self.capacity.saturating_sub(1).max(1);
+        let window = (self.window_cap as i64 + step).clamp(1, max_window as i64) as u64;
+        self.window_cap = window.min(self.capacity);
+        self.protected_cap = self.main_cap() * PROTECTED_PERCENT / 100;
+    }
+
+    /// The least recent entries of each list (up to `n` each), where expired
+    /// entries are most likely to sit.
+    pub(super) fn coldest(&self, n: usize) -> Vec<Token> {
+        let mut out = Vec::with_capacity(3 * n);
+        for head in [self.window.head, self.probation.head, self.protected.head] {
+            let mut i = head;
+            for _ in 0..n {
+                if i == NIL {
+                    break;
+                }
+                out.push(self.token(i));
+                i = self.nodes[i as usize].next;
+            }
+        }
+        out
+    }
+
+    /// Slots in the slab (live or free), for tests of memory reuse.
+    #[cfg(test)]
+    pub(super) fn slots(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub(super) fn clear(&mut self) {
+        *self = Policy::new(self.capacity);
+    }
+
+    #[cfg(test)]
+    pub(super) fn window_cap(&self) -> u64 {
+        self.window_cap
+    }
+
+    /// Lists are consistent: links, weights, and every live node in exactly one.
+    #[cfg(test)]
+    pub(super) fn check(&self) {
+        let mut seen = 0;
+        for q in [Queue::Window, Queue::Probation, Queue::Protected] {
+            let list = match q {
+                Queue::Window => self.window,
+                Queue::Probation => self.probation,
+                Queue::Protected => self.protected,
+            };
+            let (mut i, mut prev, mut w) = (list.head, NIL, 0);
+            while i != NIL {
+                let n = &self.nodes[i as usize];
+                assert!(n.live && n.queue == q && n.prev == prev);
+                w += n.weight;
+                seen += 1;
+                prev = i;
+                i = n.next;
+            }
+            assert_eq!(prev, list.tail);
+            assert_eq!(w, list.weight);
+        }
+        assert_eq!(seen, self.nodes.len() - self.free.len());
+    }
+}
+
+/// A count-min sketch of 4-bit counters, 4 rows, halved every `10 × width`
+/// increments so old popularity fades.
+struct Sketch {
+    table: Vec<u64>,
+    mask: usize,
+    additions: usize,
+    sample: usize,
+}
+
+const SEEDS: [u64; 4] = [
+    0xc3a5_c85c_97cb_3127,
+    0xb492_b66f_be98_f273,
+    0x9ae1_6a3b_2f90_404f,
+    0xcbf2_9ce4_8422_2325,
+];
+
+impl Sketch {
+    /// Sized as Caffeine does: a power-of-two number of words ≥ `entries`
+    /// (16 counters per word), halved every `10 × entries` increments.
+    fn new(entries: usize) -> Self {
+        let entries = entries.max(16);
+        let words = entries.next_power_of_two();
+        Sketch {
+            table: vec![0; words],
+            mask: words - 1,
+            additions: 0,
+            sample: 10 * entries,
+        }
+    }
+
+    /// Grows the table when the cache holds more entries than it was sized for
+    /// (a too-small sketch makes every key look popular). Each old word is
+    /// copied to every new word that the same hashes map to, so estimates
+    /// survive the growth (at worst over-counted) instead of being forgotten.
+    fn ensure_capacity(&mut self, entries: usize) {
+        if entries <= self.table.len() {
+            return;
+        }
+        let words = entries.next_power_of_two();
+        let old = std::mem::take(&mut self.table);
+        self.table = (0..words).map(|i| old[i & self.mask]).collect();
+        self.mask = words - 1;
+        self.sample = 10 * entries;
+    }
+
+    fn slot(&self, hash: u64, row: usize) -> (usize, u32) {
+        let h = (hash ^ SEEDS[row]).wrapping_mul(SEEDS[(row + 1) % 4]);
+        let h = h ^ (h >> 29);
+        let word = (h as usize) & self.mask;
+        // 16 counters per word; each row uses its own nibble range.
+        let nibble = ((h >> 58) as u32 & 3) + 4 * row as u32;
+        (word, nibble * 4)
+    }
+
+    fn increment(&mut self, hash: u64) {
+        let mut added = false;
+        for row in 0..4 {
+            let (word, shift) = self.slot(hash, row);
+            let v = (self.table[word] >> shift) & 0xF;
+            if v < 15 {
+                self.table[word] += 1 << shift;
+                added = true;
+            }
+        }
+        if added {
+            self.additions += 1;
+            if self.additions >= self.sample {
+                self.halve();
+            }
+        }
+    }
+
+    fn frequency(&self, hash: u64) -> u64 {
+        (0..4)
+            .map(|row| {
+                let (word, shift) = self.slot(hash, row);
+                (self.table[word] >> shift) & 0xF
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn halve(&mut self) {
+        for w in &mut self.table {
+            *w = (*w >> 1) & 0x7777_7777_7777_7777;
+        }
+        self.additions /= 2;
+    }
+}
+
+/// Caffeine's hill climber: adjusts the window after each sample of requests.
+struct Climber {
+    hits: u64,
+    misses: u64,
+    sample: u64,
+    previous_rate: f64,
+    step: f64,
+    initial_step: f64,
+}
+
+/// The fewest requests a sample may have: enough that the sampled hit rate's
+/// standard error, √(p(1−p)/n) ≤ √(0.25/n), is at most half a point. With fewer,
+/// small caches would chase noise (Caffeine's 10 × capacity is 2,500 requests
+/// at 250 entries: ±0.85 points).
+const MIN_SAMPLE: u64 = 10_000;
+const STEP_PERCENT: f64 = 0.0625;
+const STEP_DECAY: f64 = 0.98;
+const RESTART_THRESHOLD: f64 = 0.05;
+
+impl Climber {
+    fn new(capacity: u64) -> Self {
+        let initial_step = STEP_PERCENT * capacity as f64;
+        Climber {
+            hits: 0,
+            misses: 0,
+            sample: (10 * capacity).max(MIN_SAMPLE),
+            previous_rate: 0.0,
+            // Caffeine starts by shrinking the window: most workloads favour
+            // frequency, and the first sample reverses it if not.
+            step: -initial_step,
+            initial_step,
+        }
+    }
+
+    fn hit(&mut self) {
+        self.hits += 1;
+    }
+
+    fn miss(&mut self) {
+        self.misses += 1;
+    }
+
+    /// At the end of a sample: how much to grow (+) or shrink (−) the window.
+    fn adjustment(&mut self) -> Option<i64> {
+        let requests = self.hits + self.misses;
+        if requests < self.sample {
+            return None;
+        }
+        let rate = self.hits as f64 / requests as f64;
+        let change = rate - self.previous_rate;
+        let amount = if change >= 0.0 { self.step } else { -self.step };
+        self.step = if change.abs() >= RESTART_THRESHOLD {
+            self.initial_step.copysign(amount)
+        } else {
+            amount * STEP_DECAY
+        };
+        self.previous_rate = rate;
+        self.hits = 0;
+        self.misses = 0;
+        Some(amount.round() as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy driven like a cache of unit weights: returns hits.
+    fn replay(p: &mut Policy, keys: impl IntoIterator<Item = u64>) -> usize {
+        let mut tokens = std::collections::HashMap::<u64, Token>::new();
+        let mut hits = 0;
+        for k in keys {
+            let h = k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            if let Some(&t) = tokens.get(&k) {
+                p.on_hit(t);
+                hits += 1;
+                continue;
+            }
+            let t = p.insert(h, 1);
+            tokens.insert(k, t);
+            while let Some(victim) = p.evict() {
+                p.remove(victim);
+                tokens.retain(|_, t| *t != victim);
+            }
+            assert!(p.weight() <= p.capacity);
+        }
+        p.check();
+        hits
+    }
+
+    #[test]
+    fn a_loop_larger_than_the_cache_keeps_a_stable_part() {
+        // LRU gets 0% on a loop of 1.5x its size; TinyLFU keeps a fixed subset.
+        let mut p = Policy::new(100);
+        let keys = (0..50).flat_map(|_| 0..150u64);
+        let hits = replay(&mut p, keys);
+        assert!(hits > 50 * 60, "only {hits} hits");
+    }
+
+    #[test]
+    fn a_scan_does_not_flush_the_hot_set() {
+        let mut p = Policy::new(100);
+        // A hot set of 50 keys, then a scan of 2000 new keys interleaved with
+        // the hot set: the hot keys must keep hitting.
+        let hot = (0..30).flat_map(|_| 0..50u64);
+        let scan = (1000..3000u64).flat_map(|k| [k, k % 50]);
+        let hits = replay(&mut p, hot.chain(scan));
+        assert!(hits > 30 * 50 - 50 + 1900, "only {hits} hits");
+    }
+
+    #[test]
+    fn the_window_grows_for_recency_heavy_workloads() {
+        let mut p = Policy::new(1000);
+        let start = p.window_cap();
+        // Each key is reused a few times shortly after first use, then never:
+        // pure recency, where a large window wins.
+        let keys = (0..200_000u64).map(|i| (i / 4) + (i % 4) * 3);
+        replay(&mut p, keys);
+        assert!(
+            p.window_cap() > start,
+            "window stayed at {}",
+            p.window_cap()
+        );
+    }
+
+    #[test]
+    fn tokens_pack_and_unpack() {
+        let t = Token {
+            index: 7,
+            generation: 3,
+        };
+        assert_eq!(Token::unpack(t.pack()), Some(t));
+        assert_eq!(Token::unpack(0), None);
+    }
+
+    #[test]
+    fn sketch_counts_and_ages() {
+        let mut s = Sketch::new(64);
+        for _ in 0..10 {
+            s.increment(42);
+        }
+        assert!(s.frequency(42) >= 10);
+        assert!(s.frequency(43) <= 2);
+        s.halve();
+        assert!((4..=7).contains(&s.frequency(42)));
+    }
+}
