@@ -33,9 +33,12 @@ for example in crates/tiered/examples/*.rs; do
   cargo run --quiet -p tiered --example "$name"
 done
 
-# The benchmark harness still runs (a tiny smoke run; speed is not asserted).
+# The benchmark harnesses still run (small smoke runs; speed and hit-ratio
+# targets are not asserted here — BENCHMARKS.md records the full runs).
 echo "--- bench smoke: l1-hit"
 cargo run --quiet -p tiered-bench --bin l1-hit -- --threads 1 --ops 20000 --rounds 1
+echo "--- bench smoke: hit-ratio on gli and loop"
+cargo run --quiet -p tiered-bench --bin hit-ratio -- --only gli,loop
 
 # Unit, integration and doc tests of every crate (last, so its summary closes the run).
 log=$(mktemp)

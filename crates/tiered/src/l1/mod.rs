@@ -39,6 +39,7 @@
 
 mod policy;
 mod shard;
+mod window;
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
