@@ -32,8 +32,12 @@ use super::policy::{Policy, Token};
 
 /// The window shares tried (0 means the minimum: the newest entry alone).
 const SHARES: [f64; 6] = [0.0, 0.01, 0.05, 0.2, 0.5, 0.8];
-/// About how many entries each simulated cache holds.
-pub(super) const SIM_ENTRIES: u64 = 1000;
+/// About how many entries each simulated cache holds. The simulations run on
+/// the hit path (when the read buffer is replayed), so this is a cost/accuracy
+/// trade: at 1,000 a full 100k-entry cache spent ~460 ns per read simulating;
+/// at 250 it spends ~80 ns, with hit ratios on the shipped traces within noise
+/// of the 1,000 figures.
+pub(super) const SIM_ENTRIES: u64 = 250;
 /// Epoch length in sampled requests, per simulated entry (and at least
 /// `MIN_EPOCH`): enough requests for the caches to turn over several times.
 const EPOCH_PER_ENTRY: u64 = 5;
