@@ -271,6 +271,17 @@ impl Policy {
         Token { index, generation }
     }
 
+    /// Changes a live entry's weight in place (its value was replaced).
+    pub(super) fn update_weight(&mut self, t: Token, weight: u64) {
+        if !self.valid(t) {
+            return;
+        }
+        let q = self.nodes[t.index as usize].queue;
+        let old = std::mem::replace(&mut self.nodes[t.index as usize].weight, weight);
+        let list = self.list(q);
+        list.weight = list.weight - old + weight;
+    }
+
     /// Removes an entry.
     pub(super) fn remove(&mut self, t: Token) {
         if !self.valid(t) {

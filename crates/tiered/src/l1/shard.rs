@@ -126,17 +126,24 @@ impl<V> Shard<V> {
             self.remove(&key); // too heavy to ever fit; the old value is outdated
             return out;
         }
-        // A replacement re-enters as the newest entry, so a value just stored is
-        // never the one evicted to make room for itself; the key's popularity
-        // survives in the policy's frequency sketch, which is keyed by hash.
-        self.remove(&key);
-        let token = self.policy.insert(hash, weight);
-        let i = token.index as usize;
-        if self.keys.len() <= i {
-            self.keys.resize(i + 1, None);
+        if let Some(slot) = self.map.get_mut(&*key) {
+            // A replacement keeps the key's place and counts as an access, which
+            // moves it to the recent end of its list: a hot key written often
+            // (write-through) stays where its popularity put it, and is not the
+            // victim chosen to make room for its own new value.
+            slot.entry = entry;
+            let token = slot.token;
+            self.policy.update_weight(token, weight);
+            self.policy.on_hit(token);
+        } else {
+            let token = self.policy.insert(hash, weight);
+            let i = token.index as usize;
+            if self.keys.len() <= i {
+                self.keys.resize(i + 1, None);
+            }
+            self.keys[i] = Some(Arc::clone(&key));
+            self.map.insert(Arc::clone(&key), Slot { entry, token });
         }
-        self.keys[i] = Some(Arc::clone(&key));
-        self.map.insert(Arc::clone(&key), Slot { entry, token });
         // Reclaim expired entries at the cold ends first: no background thread.
         for t in self.policy.coldest(EXPIRY_PROBE) {
             let expired = self
