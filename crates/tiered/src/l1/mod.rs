@@ -10,8 +10,9 @@
 //! The tier is bounded in bytes, not entries: each entry is charged its weight (the
 //! value's encoded size, or what the caller's weigher says) plus its key's length.
 //! The budget is split evenly over the shards and **no shard ever holds more than
-//! its share**, so the whole tier never exceeds the budget. Space is made by
-//! evicting *before* inserting. Consequences worth knowing:
+//! its share**, so the whole tier never exceeds the budget: an insert and the
+//! evictions that make room for it happen under the shard's lock, so no reader
+//! ever sees the shard over budget. Consequences worth knowing:
 //!
 //! * a value heavier than one shard's share (`budget / shards`) is not cached in L1
 //!   at all (it is still returned to the caller);
@@ -27,7 +28,7 @@
 //! enter a small LRU *window*; what overflows it must win an admission contest
 //! against the least recent entry of the *main* space (a segmented LRU), judged
 //! by a compact frequency sketch of recent accesses. The window's size adapts to
-//! the workload by hill climbing. See the comments in
+//! the workload by miniature simulations of fixed shares. See the comments in
 //! `l1/policy.rs` for the details and the measured effect of each choice, and
 //! `BENCHMARKS.md` for hit ratios on real traces next to moka and quick_cache.
 //!
@@ -69,7 +70,8 @@ pub(crate) struct L1<V> {
 /// What an insert did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Inserted {
-    /// The entry was stored (false: heavier than a shard's share).
+    /// The entry is held after the insert (false: heavier than a shard's
+    /// share, or evicted at once in a rare corner — see `Shard::insert`).
     pub stored: bool,
     /// Entries evicted to make room (expired ones not counted).
     pub evicted: u64,
@@ -202,8 +204,10 @@ impl<V> L1Cache<V> {
         self.tier.get(key).and_then(|e| e.value.clone())
     }
 
-    /// Stores `value` with `weight` (the key is not charged here), evicting as
-    /// needed. Returns false if the value is heavier than a shard can hold.
+    /// Stores `value` with `weight` (the key is not charged here; a weight of 0
+    /// counts as 1), evicting as needed. Returns whether the value is held
+    /// afterwards: false if it is heavier than a shard can hold (and, rarely,
+    /// when a replaced value grew and was itself the entry evicted).
     pub fn insert(&self, key: &str, value: V, weight: u64) -> bool {
         let entry = Entry::forever(Arc::new(value), weight);
         self.tier

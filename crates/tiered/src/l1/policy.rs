@@ -15,8 +15,9 @@
 //! main. If main is full, the candidate and main's least recent entry (the
 //! *victim*) are compared by their estimated frequency in a **count-min sketch**
 //! of recent accesses (TinyLFU): the more popular stays, the other is evicted.
-//! The sketch halves all counters every `10 × capacity` accesses, so popularity
-//! ages (sized and aged as Caffeine's). Ties go to the victim (see
+//! The sketch halves all counters every `10 × n` counted accesses, `n` being the
+//! entry count it is sized for (the capacity, up to 65,536, then the live entry
+//! count as it grows), so popularity ages — as Caffeine's does. Ties go to the victim (see
 //! [`Policy::admit`] for why there is no random admission).
 //!
 //! # Adapting the window
@@ -142,7 +143,7 @@ impl Policy {
             sketch: Sketch::new(capacity.min(SKETCH_START_CAP) as usize),
             sizer: None,
         };
-        p.protected_cap = p.main_cap() * PROTECTED_PERCENT / 100;
+        p.protected_cap = p.main_cap() / 100 * PROTECTED_PERCENT;
         p
     }
 
@@ -203,10 +204,22 @@ impl Policy {
         list.weight += w;
     }
 
-    fn valid(&self, t: Token) -> bool {
+    pub(super) fn valid(&self, t: Token) -> bool {
         self.nodes
             .get(t.index as usize)
             .is_some_and(|n| n.live && n.generation == t.generation)
+    }
+
+    /// Keeps protected within its share by demoting its least recent entries to
+    /// probation (the most recent one always stays).
+    fn demote_overflow(&mut self) {
+        while self.protected.weight > self.protected_cap
+            && self.protected.head != self.protected.tail
+        {
+            let d = self.protected.head;
+            self.unlink(d);
+            self.push_tail(d, Queue::Probation);
+        }
     }
 
     /// Records a hit on `t` (ignored if the node is gone).
@@ -226,12 +239,7 @@ impl Policy {
             Queue::Probation => {
                 self.unlink(i);
                 self.push_tail(i, Queue::Protected);
-                // Keep protected within its share: demote its least recent.
-                while self.protected.weight > self.protected_cap && self.protected.head != i {
-                    let d = self.protected.head;
-                    self.unlink(d);
-                    self.push_tail(d, Queue::Probation);
-                }
+                self.demote_overflow();
             }
             Queue::Protected => {
                 self.unlink(i);
@@ -262,7 +270,9 @@ impl Policy {
         };
         let n = &mut self.nodes[index as usize];
         n.hash = hash;
-        n.weight = weight;
+        // A weight of 0 is charged as 1: an entry that weighs nothing could
+        // never be evicted by a weight bound, and still costs memory.
+        n.weight = weight.max(1);
         n.live = true;
         let generation = n.generation;
         self.push_tail(index, Queue::Window);
@@ -277,9 +287,11 @@ impl Policy {
             return;
         }
         let q = self.nodes[t.index as usize].queue;
+        let weight = weight.max(1);
         let old = std::mem::replace(&mut self.nodes[t.index as usize].weight, weight);
         let list = self.list(q);
         list.weight = list.weight - old + weight;
+        self.demote_overflow();
     }
 
     /// Removes an entry.
@@ -296,7 +308,6 @@ impl Policy {
 
     /// The token of the entry to evict next, or `None` when within capacity.
     /// The caller removes it (from its map and with [`remove`](Self::remove)).
-    /// `prefer` lets the caller point at an entry it wants gone first (expired).
     pub(super) fn evict(&mut self) -> Option<Token> {
         // Window overflow feeds main; main overflow is settled by TinyLFU. The
         // newest entry always stays in the window, even if it alone exceeds the
@@ -369,7 +380,8 @@ impl Policy {
         self.window_cap = ((self.capacity as f64 * share) as u64)
             .max(1)
             .min(self.capacity);
-        self.protected_cap = self.main_cap() * PROTECTED_PERCENT / 100;
+        self.protected_cap = self.main_cap() / 100 * PROTECTED_PERCENT;
+        self.demote_overflow();
     }
 
     pub(super) fn capacity(&self) -> u64 {

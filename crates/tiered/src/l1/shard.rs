@@ -8,7 +8,8 @@
 //! Instead a hit records the entry's token in a small lossy buffer (an atomic
 //! increment and a store, under the shared lock), and the buffer is replayed into
 //! the policy under the write lock — by the reader that fills it (if the lock is
-//! free) and before every write. Under heavy contention a full buffer drops
+//! free) and before every insert. (Removals need not replay it: a recorded hit on
+//! a removed entry is ignored by its generation check.) Under heavy contention a full buffer drops
 //! records: the policy then sees a sample of the hits, which is what Caffeine
 //! does too and costs little hit ratio.
 
@@ -129,8 +130,10 @@ impl<V> Shard<V> {
         if let Some(slot) = self.map.get_mut(&*key) {
             // A replacement keeps the key's place and counts as an access, which
             // moves it to the recent end of its list: a hot key written often
-            // (write-through) stays where its popularity put it, and is not the
-            // victim chosen to make room for its own new value.
+            // (write-through) stays where its popularity put it. (In one corner —
+            // a protected key growing heavier while probation is nearly empty —
+            // the key itself can be the entry evicted to make room; `stored` is
+            // then false.)
             slot.entry = entry;
             let token = slot.token;
             self.policy.update_weight(token, weight);
@@ -167,6 +170,9 @@ impl<V> Shard<V> {
     }
 
     fn evict_token(&mut self, t: Token) {
+        if !self.policy.valid(t) {
+            return;
+        }
         if let Some(key) = self.keys.get_mut(t.index as usize).and_then(Option::take) {
             self.map.remove(&key);
         }

@@ -165,3 +165,23 @@ fn small_budgets_use_one_shard() {
     let l1: L1<u32> = L1::new(10_000);
     assert_eq!(l1.max_entry_weight(), 10_000);
 }
+
+#[test]
+fn zero_weight_entries_are_still_bounded() {
+    let cache: L1Cache<u32> = L1Cache::new(100);
+    for i in 0..1000 {
+        cache.insert(&format!("k{i}"), i, 0);
+    }
+    assert!(cache.len() <= 100, "{} entries held", cache.len());
+    assert!(cache.weighted_size() <= 100);
+}
+
+#[test]
+fn an_unbounded_budget_does_not_overflow() {
+    let cache: L1Cache<u32> = L1Cache::new(u64::MAX);
+    for i in 0..1000 {
+        assert!(cache.insert(&format!("k{i}"), i, u64::from(i) << 40));
+    }
+    assert_eq!(cache.len(), 1000);
+    assert_eq!(cache.get("k7").as_deref(), Some(&7));
+}
