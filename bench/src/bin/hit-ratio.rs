@@ -35,7 +35,7 @@ fn replay(cache: &str, keys: &[u64], size: usize) -> f64 {
     let mut hits = 0u64;
     match cache {
         "tiered" => {
-            let c = tiered::l1::L1Cache::<()>::new(size as u64);
+            let c = tiered::l1::L1Cache::<()>::with_expected_entries(size as u64, size as u64);
             let mut buf = String::new();
             for &k in keys {
                 buf.clear();

@@ -52,6 +52,14 @@ use crate::entry::Entry;
 
 use shard::Shard;
 
+/// The most memory an entry costs beyond its weight (the budget counts the
+/// weight: value size plus key length): the `Arc`ed entry with its metadata, the
+/// map slot, the policy node and frequency-sketch share, and allocator slack.
+/// Checked by a test that fills a cache with 1,000,000 values of random sizes
+/// (`tests/memory.rs`; about 420 bytes measured there, the largest part being
+/// the entry's own metadata). Tags and dependencies add their own lengths on top.
+pub const ENTRY_OVERHEAD: u64 = 512;
+
 /// The smallest share of the budget a shard is given.
 pub const MIN_SHARD_BUDGET: u64 = 1 << 20;
 
@@ -80,6 +88,13 @@ pub(crate) struct Inserted {
 impl<V> L1<V> {
     /// A tier holding at most `budget` bytes.
     pub(crate) fn new(budget: u64) -> Self {
+        Self::with_entries(budget, None)
+    }
+
+    /// A tier holding at most `budget` weight, and about `entries` entries when
+    /// full, if known (it sizes the eviction policy's frequency sketch up front;
+    /// otherwise the sketch grows with the entries).
+    pub(crate) fn with_entries(budget: u64, entries: Option<u64>) -> Self {
         let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
         let wanted = (parallelism * 4).next_power_of_two() as u64;
         let affordable = (budget / MIN_SHARD_BUDGET).max(1);
@@ -91,7 +106,12 @@ impl<V> L1<V> {
         let shard_budget = budget / shards;
         L1 {
             shards: (0..shards)
-                .map(|_| Padded(RwLock::new(Shard::new(shard_budget))))
+                .map(|_| {
+                    Padded(RwLock::new(Shard::new(
+                        shard_budget,
+                        entries.map(|e| (e / shards).max(1)),
+                    )))
+                })
                 .collect(),
             hasher: foldhash::fast::RandomState::default(),
             shard_budget,
@@ -196,6 +216,15 @@ impl<V> L1Cache<V> {
     pub fn new(max_weight: u64) -> Self {
         L1Cache {
             tier: L1::new(max_weight.max(1)),
+        }
+    }
+
+    /// As [`new`](Self::new), for a cache that will hold about `entries` entries
+    /// (e.g. `max_weight` itself when every entry weighs 1): the eviction policy
+    /// sizes its frequency sketch for them up front instead of growing it.
+    pub fn with_expected_entries(max_weight: u64, entries: u64) -> Self {
+        L1Cache {
+            tier: L1::with_entries(max_weight.max(1), Some(entries.max(1))),
         }
     }
 

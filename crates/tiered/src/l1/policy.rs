@@ -109,8 +109,11 @@ pub(super) struct Policy {
     sizer: Option<Box<WindowSizer>>,
 }
 
-/// The most entries the sketch is sized for before any are stored.
-const SKETCH_START_CAP: u64 = 1 << 16;
+/// When the entry count is not known (a byte budget), the sketch starts sized for
+/// this many entries and grows with the live entries (growth keeps the counts),
+/// so its memory follows entries, not bytes — as Caffeine does for weighted
+/// caches. When it is known, the sketch is sized for it up front.
+const SKETCH_START_ENTRIES: u64 = 1024;
 /// Share of capacity the window starts with.
 const WINDOW_START_PERCENT: u64 = 1;
 /// Share of main held by the protected segment.
@@ -118,15 +121,18 @@ const PROTECTED_PERCENT: u64 = 80;
 
 impl Policy {
     /// An adaptive policy: the window starts at 1% and follows the miniature
-    /// simulations (see [`super::window`]).
-    pub(super) fn new(capacity: u64) -> Self {
-        let mut p = Self::fixed(capacity, WINDOW_START_PERCENT as f64 / 100.0);
+    /// simulations (see [`super::window`]). `entries`: how many entries it will
+    /// hold, if known.
+    pub(super) fn new(capacity: u64, entries: Option<u64>) -> Self {
+        let share = WINDOW_START_PERCENT as f64 / 100.0;
+        let mut p = Self::fixed_for(capacity, share, entries.unwrap_or(SKETCH_START_ENTRIES));
         p.sizer = Some(Box::new(WindowSizer::new(capacity)));
         p
     }
 
-    /// A policy whose window keeps `share` of the capacity (at least one entry).
-    pub(super) fn fixed(capacity: u64, share: f64) -> Self {
+    /// A policy whose window keeps `share` of the capacity (at least one entry),
+    /// with a sketch sized for `entries` entries to start with.
+    pub(super) fn fixed_for(capacity: u64, share: f64, entries: u64) -> Self {
         let window_cap = ((capacity as f64 * share) as u64).max(1).min(capacity);
         let mut p = Policy {
             nodes: Vec::new(),
@@ -137,10 +143,7 @@ impl Policy {
             capacity,
             window_cap,
             protected_cap: 0,
-            // Sized for `capacity` entries (exact with unit weights), capped so
-            // a byte budget does not allocate a huge table up front; it grows
-            // with the entry count.
-            sketch: Sketch::new(capacity.min(SKETCH_START_CAP) as usize),
+            sketch: Sketch::new(entries as usize),
             sizer: None,
         };
         p.protected_cap = p.main_cap() / 100 * PROTECTED_PERCENT;
@@ -417,11 +420,13 @@ impl Policy {
     }
 
     pub(super) fn clear(&mut self) {
+        let entries = Some(self.sketch.entries as u64);
         let adaptive = self.sizer.is_some();
         *self = if adaptive {
-            Policy::new(self.capacity)
+            Policy::new(self.capacity, entries)
         } else {
-            Policy::fixed(self.capacity, self.window_cap as f64 / self.capacity as f64)
+            let share = self.window_cap as f64 / self.capacity as f64;
+            Policy::fixed_for(self.capacity, share, self.sketch.entries as u64)
         };
     }
 
@@ -459,6 +464,8 @@ impl Policy {
 /// A count-min sketch of 4-bit counters, 4 rows, halved every `10 × width`
 /// increments so old popularity fades.
 struct Sketch {
+    /// The entry count it is sized for.
+    entries: usize,
     table: Vec<u64>,
     mask: usize,
     additions: usize,
@@ -479,6 +486,7 @@ impl Sketch {
         let entries = entries.max(16);
         let words = entries.next_power_of_two();
         Sketch {
+            entries,
             table: vec![0; words],
             mask: words - 1,
             additions: 0,
@@ -499,6 +507,7 @@ impl Sketch {
         self.table = (0..words).map(|i| old[i & self.mask]).collect();
         self.mask = words - 1;
         self.sample = 10 * entries;
+        self.entries = entries;
     }
 
     fn slot(&self, hash: u64, row: usize) -> (usize, u32) {
@@ -576,7 +585,7 @@ mod tests {
     #[test]
     fn a_loop_larger_than_the_cache_keeps_a_stable_part() {
         // LRU gets 0% on a loop of 1.5x its size; TinyLFU keeps a fixed subset.
-        let mut p = Policy::new(100);
+        let mut p = Policy::new(100, Some(100));
         let keys = (0..50).flat_map(|_| 0..150u64);
         let hits = replay(&mut p, keys);
         assert!(hits > 50 * 60, "only {hits} hits");
@@ -584,7 +593,7 @@ mod tests {
 
     #[test]
     fn a_scan_does_not_flush_the_hot_set() {
-        let mut p = Policy::new(100);
+        let mut p = Policy::new(100, Some(100));
         // A hot set of 50 keys, then a scan of 2000 new keys interleaved with
         // the hot set: the hot keys must keep hitting.
         let hot = (0..30).flat_map(|_| 0..50u64);
@@ -595,7 +604,7 @@ mod tests {
 
     #[test]
     fn the_window_grows_for_recency_heavy_workloads() {
-        let mut p = Policy::new(1000);
+        let mut p = Policy::new(1000, Some(1000));
         let start = p.window_cap();
         // Each key is reused a few times shortly after first use, then never:
         // pure recency, where a large window wins.
@@ -610,7 +619,7 @@ mod tests {
 
     #[test]
     fn the_window_stays_small_for_a_loop() {
-        let mut p = Policy::new(500);
+        let mut p = Policy::new(500, Some(500));
         let keys = (0..200).flat_map(|_| 0..800u64);
         let hits = replay(&mut p, keys);
         assert!(p.window_cap() <= 5, "window grew to {}", p.window_cap());
@@ -620,7 +629,7 @@ mod tests {
 
     #[test]
     fn a_fixed_policy_keeps_its_share() {
-        let mut p = Policy::fixed(1000, 0.2);
+        let mut p = Policy::fixed_for(1000, 0.2, 1000);
         replay(&mut p, (0..50_000u64).map(|i| i % 3000));
         assert_eq!(p.window_cap(), 200);
     }

@@ -77,11 +77,11 @@ pub(super) struct Shard<V> {
 }
 
 impl<V> Shard<V> {
-    pub(super) fn new(budget: u64) -> Self {
+    pub(super) fn new(budget: u64, entries: Option<u64>) -> Self {
         Shard {
             map: HashMap::default(),
             keys: Vec::new(),
-            policy: Policy::new(budget),
+            policy: Policy::new(budget, entries),
             budget,
             reads: ReadBuffer::new(),
         }

@@ -39,7 +39,7 @@ fn key(i: u64) -> Arc<str> {
 fn never_exceeds_the_budget_under_random_operations() {
     let mut rng = fastrand::Rng::with_seed(7);
     let budget = 10_000;
-    let mut shard: Shard<u32> = Shard::new(budget);
+    let mut shard: Shard<u32> = Shard::new(budget, None);
     for step in 0..50_000 {
         let k = rng.u64(0..500);
         match rng.u8(0..10) {
@@ -66,7 +66,7 @@ fn never_exceeds_the_budget_under_random_operations() {
 
 #[test]
 fn a_value_heavier_than_the_budget_is_not_stored_and_replaces_nothing_stale() {
-    let mut shard: Shard<u32> = Shard::new(100);
+    let mut shard: Shard<u32> = Shard::new(100, None);
     assert!(shard.insert(key(1), 1, entry(50, HOUR), 50, NOW).stored);
     let out = shard.insert(key(1), 1, entry(101, HOUR), 101, NOW);
     assert!(!out.stored);
@@ -77,7 +77,7 @@ fn a_value_heavier_than_the_budget_is_not_stored_and_replaces_nothing_stale() {
 
 #[test]
 fn replacing_an_entry_updates_its_weight() {
-    let mut shard: Shard<u32> = Shard::new(1000);
+    let mut shard: Shard<u32> = Shard::new(1000, None);
     shard.insert(key(1), 1, entry(100, HOUR), 100, NOW);
     shard.insert(key(1), 1, entry(300, HOUR), 300, NOW);
     assert_eq!(shard.bytes(), 300);
@@ -90,7 +90,7 @@ fn replacing_an_entry_updates_its_weight() {
 #[test]
 fn frequently_hit_keys_survive_a_scan() {
     // TinyLFU's point: a burst of one-hit wonders must not flush the hot set.
-    let mut shard: Shard<u32> = Shard::new(100 * 10);
+    let mut shard: Shard<u32> = Shard::new(100 * 10, None);
     for k in 0..50 {
         shard.insert(key(k), k, entry(10, HOUR), 10, NOW);
     }
@@ -111,7 +111,7 @@ fn frequently_hit_keys_survive_a_scan() {
 
 #[test]
 fn expired_entries_are_reclaimed_before_live_ones_are_evicted() {
-    let mut shard: Shard<u32> = Shard::new(100);
+    let mut shard: Shard<u32> = Shard::new(100, None);
     // Five expired entries (hit, so they would otherwise be promoted) ...
     for k in 0..5 {
         shard.insert(key(k), k, entry(10, Duration::from_secs(1)), 10, NOW);
@@ -134,7 +134,7 @@ fn expired_entries_are_reclaimed_before_live_ones_are_evicted() {
 
 #[test]
 fn queues_stay_bounded_under_insert_remove_churn() {
-    let mut shard: Shard<u32> = Shard::new(1 << 20);
+    let mut shard: Shard<u32> = Shard::new(1 << 20, None);
     for round in 0..100_000u64 {
         shard.insert(key(round % 7), round, entry(10, HOUR), 10, NOW);
         shard.remove(&key(round % 7));

@@ -160,7 +160,8 @@ impl WindowSizer {
         self.sims = SHARES
             .iter()
             .map(|&share| Sim {
-                policy: Policy::fixed(mini, share),
+                // Sized by the entries it will hold, not its weight capacity.
+                policy: Policy::fixed_for(mini, share, entries),
                 resident: HashMap::new(),
                 hits: 0,
                 score: 0.0,
