@@ -1,3 +1,4 @@
 //! Shared code for the benchmark harnesses: reading cache traces.
 
+pub mod chart;
 pub mod trace;

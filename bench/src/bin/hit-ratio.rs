@@ -19,6 +19,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use tiered_bench::chart::{self, Panel, Series};
 use tiered_bench::trace::{self, Format, KNOWN};
 
 /// The caches compared, in table order.
@@ -138,12 +139,14 @@ fn run_all(
 
 struct Args {
     only: Option<Vec<String>>,
+    chart: Option<PathBuf>,
     caches: Vec<&'static str>,
     trace: Option<(PathBuf, Format, Vec<usize>)>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut only = None;
+    let mut chart = Some(PathBuf::from("target/hit-ratio.png"));
     let mut caches: Vec<&'static str> = CACHES.to_vec();
     let (mut file, mut format, mut sizes) = (None, None, None);
     let mut it = std::env::args().skip(1);
@@ -151,6 +154,8 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--only" => only = Some(value()?.split(',').map(str::to_owned).collect()),
+            "--chart" => chart = Some(PathBuf::from(value()?)),
+            "--no-chart" => chart = None,
             "--caches" => {
                 let wanted = value()?;
                 caches = Vec::new();
@@ -186,6 +191,7 @@ fn parse_args() -> Result<Args, String> {
     };
     Ok(Args {
         only,
+        chart,
         caches,
         trace,
     })
@@ -216,6 +222,7 @@ fn main() {
     let readme = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default();
     let references = trace::reference_tables(&readme);
     let (mut met, mut total) = (0, 0);
+    let mut panels = Vec::new();
     for known in KNOWN {
         if let Some(only) = &args.only {
             if !only.iter().any(|o| o.eq_ignore_ascii_case(known.name)) {
@@ -286,6 +293,31 @@ fn main() {
             "\ntarget (>= best of LRU/S3-FIFO/W-TinyLFU(1%) - 1.0, and >= moka): {}",
             verdicts.join(", ")
         );
+        let mut series: Vec<Series> = args
+            .caches
+            .iter()
+            .map(|c| Series {
+                label: (*c).to_string(),
+                points: results[c].iter().map(|(&s, &v)| (s, v)).collect(),
+                reference: false,
+            })
+            .collect();
+        series.extend(refs.iter().map(|(policy, values)| Series {
+            label: format!("ref: {policy}"),
+            points: values.clone(),
+            reference: true,
+        }));
+        panels.push(Panel {
+            title: format!("{} ({} requests)", known.name, keys.len()),
+            sizes: known.sizes.to_vec(),
+            series,
+        });
     }
     println!("\ntargets met: {met}/{total}");
+    if let Some(path) = args.chart {
+        match chart::draw(&path, &panels) {
+            Ok(()) => println!("chart: {}", path.display()),
+            Err(e) => eprintln!("hit-ratio: no chart: {e}"),
+        }
+    }
 }
