@@ -37,7 +37,9 @@ fn register_font() -> Result<(), String> {
     let bytes = FONTS
         .iter()
         .find_map(|p| std::fs::read(p).ok())
-        .ok_or_else(|| format!("no TrueType font found (looked for {FONTS:?}; Debian: fonts-dejavu-core)"))?;
+        .ok_or_else(|| {
+            format!("no TrueType font found (looked for {FONTS:?}; Debian: fonts-dejavu-core)")
+        })?;
     // plotters keeps fonts for the process's life.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
@@ -92,7 +94,13 @@ pub fn draw(path: &Path, panels: &[Panel]) -> Result<(), String> {
             let points: Vec<(f64, f64)> = s
                 .points
                 .iter()
-                .filter_map(|(size, v)| panel.sizes.iter().position(|x| x == size).map(|i| (i as f64, *v)))
+                .filter_map(|(size, v)| {
+                    panel
+                        .sizes
+                        .iter()
+                        .position(|x| x == size)
+                        .map(|i| (i as f64, *v))
+                })
                 .collect();
             let color = if s.reference {
                 ref_i += 1;
@@ -101,7 +109,13 @@ pub fn draw(path: &Path, panels: &[Panel]) -> Result<(), String> {
                 cache_i += 1;
                 Palette99::pick(cache_i - 1).mix(1.0)
             };
-            let width = if s.label == "tiered" { 4 } else if s.reference { 1 } else { 2 };
+            let width = if s.label == "tiered" {
+                4
+            } else if s.reference {
+                1
+            } else {
+                2
+            };
             let style = ShapeStyle::from(&color).stroke_width(width);
             let line = if s.reference {
                 chart.draw_series(DashedLineSeries::new(points.clone(), 6, 4, style))
