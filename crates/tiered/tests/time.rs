@@ -14,6 +14,14 @@ use common::*;
 use tiered::{AdaptiveTtl, Error, ManualClock};
 use tiered_testkit::{Loader, Step};
 
+/// Loads "good" at "k", then makes the loader fail ("db down") from now on.
+async fn load_then_fail(cache: &tiered::Cache<String>) -> Loader<String> {
+    let loader = Loader::returning(s("good"));
+    cache.get_or_load("k", loader.load()).await.unwrap();
+    loader.set_fallback(Step::Fail("db down".into()));
+    loader
+}
+
 /// Waits until no load is in flight (background refreshes included).
 async fn settle(cache: &tiered::Cache<String>) {
     tiered_testkit::eventually("loads to finish", || cache.loads_in_flight() == 0).await;
@@ -172,9 +180,7 @@ async fn stale_value_is_served_when_the_loader_fails_within_grace() {
         .failsafe_backoff(secs(5))
         .build()
         .unwrap();
-    let loader = Loader::returning(s("good"));
-    cache.get_or_load("k", loader.load()).await.unwrap();
-    loader.set_fallback(Step::Fail("db down".into()));
+    let loader = load_then_fail(&cache).await;
 
     clock.advance(secs(11)); // expired, within grace
     assert_eq!(val(cache.get("k").await), None, "get never returns stale");
@@ -215,9 +221,7 @@ async fn nothing_is_served_past_the_grace_window() {
         .grace(secs(20))
         .build()
         .unwrap();
-    let loader = Loader::returning(s("good"));
-    cache.get_or_load("k", loader.load()).await.unwrap();
-    loader.set_fallback(Step::Fail("db down".into()));
+    let loader = load_then_fail(&cache).await;
     clock.advance(secs(30));
     let err = cache.get_or_load("k", loader.load()).await.unwrap_err();
     assert!(matches!(err, Error::Loader(_)));
@@ -227,9 +231,7 @@ async fn nothing_is_served_past_the_grace_window() {
 async fn without_grace_a_failure_is_an_error() {
     let clock = ManualClock::new();
     let cache = builder(&clock).ttl(secs(10)).build().unwrap();
-    let loader = Loader::returning(s("good"));
-    cache.get_or_load("k", loader.load()).await.unwrap();
-    loader.set_fallback(Step::Fail("db down".into()));
+    let loader = load_then_fail(&cache).await;
     clock.advance(secs(10));
     assert!(cache.get_or_load("k", loader.load()).await.is_err());
     // No back-off without a stale value: the next call tries again.
