@@ -115,9 +115,16 @@ fn main() {
         .ttl(Duration::from_secs(3600))
         .build()
         .expect("valid config");
-    for (i, k) in keys.iter().enumerate() {
-        tiered_cache.set(k, value(i)).expect("set");
-    }
+    // get_or_load needs a runtime handle (loads are tasks); enter one per thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        for (i, k) in keys.iter().enumerate() {
+            tiered_cache.set(k, value(i)).await.expect("set");
+        }
+    });
     let moka_cache: moka::sync::Cache<String, Arc<String>> =
         moka::sync::Cache::new(KEYS as u64 * 2);
     let mut map = HashMap::new();
@@ -137,11 +144,6 @@ fn main() {
             Poll::Pending => panic!("an L1 hit must not suspend"),
         }
     }
-    // get_or_load needs a runtime handle (loads are tasks); enter one per thread.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .build()
-        .expect("runtime");
     let handle = runtime.handle().clone();
 
     let c1 = tiered_cache.clone();

@@ -4,8 +4,10 @@
 //!   hangs on cue; counts its calls; can be held (loads wait until released) so a
 //!   test controls exactly when a load finishes, without sleeping.
 //!
-//! Private `redis-server` / Redis Cluster / PostgreSQL processes come with the
-//! tiers that need them.
+//! * [`redis`] — private `redis-server` processes (standalone, TLS + ACL, a
+//!   3-master Cluster) on free ports, which tests can kill, pause and resume.
+
+pub mod redis;
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -14,7 +14,7 @@ async fn main() -> Result<(), tiered::Error> {
         // Keys warmed together would otherwise all expire together.
         .ttl_jitter(Duration::from_secs(60))
         .build()?;
-    products.set("product:0", "already cached".into())?;
+    products.set("product:0", "already cached".into()).await?;
 
     let keys: Vec<String> = (0..1000).map(|i| format!("product:{i}")).collect();
     let t = Instant::now();

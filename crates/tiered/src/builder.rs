@@ -9,6 +9,8 @@ use crate::filter::BloomFilter;
 use crate::invalidate::Invalidations;
 use crate::key::validate_namespace;
 use crate::l1::L1;
+use crate::l2::tier::Tier;
+use crate::l2::{Codec, Compression, Encryption, L2Config, RedisL2, RedisL2Builder, L2};
 use crate::load::flight::Flights;
 use crate::options::Options;
 use crate::stats::Recorder;
@@ -45,6 +47,15 @@ pub struct CacheBuilder<V> {
     filter: Option<Arc<BloomFilter>>,
     top_keys: usize,
     top_keys_sample: u32,
+    l2: Option<L2Source>,
+    l2_config: L2Config,
+    l1_enabled: bool,
+}
+
+/// Where the L2 tier comes from.
+enum L2Source {
+    Backend(Arc<dyn L2>),
+    Redis(RedisL2Builder),
 }
 
 impl<V: Value> CacheBuilder<V> {
@@ -58,6 +69,9 @@ impl<V: Value> CacheBuilder<V> {
             filter: None,
             top_keys: 32,
             top_keys_sample: 64,
+            l2: None,
+            l2_config: L2Config::default(),
+            l1_enabled: true,
         }
     }
 
@@ -164,6 +178,97 @@ impl<V: Value> CacheBuilder<V> {
         self
     }
 
+    /// Adds an L2 tier on the Redis at `url`
+    /// (`redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS).
+    /// The URL is checked at [`build`](Self::build); the connection is made on
+    /// first use.
+    pub fn redis(self, url: impl Into<String>) -> Self {
+        self.redis_with(RedisL2::builder(url))
+    }
+
+    /// Adds an L2 tier on the Redis Cluster reachable through any of `seeds`.
+    pub fn redis_cluster<I, S>(self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.redis_with(RedisL2::cluster(seeds))
+    }
+
+    /// Adds an L2 tier on Redis configured in full (e.g. a private CA for TLS).
+    pub fn redis_with(mut self, redis: RedisL2Builder) -> Self {
+        self.l2 = Some(L2Source::Redis(redis));
+        self
+    }
+
+    /// Adds an L2 tier on any [`L2`] implementation.
+    pub fn l2(mut self, backend: impl L2) -> Self {
+        self.l2 = Some(L2Source::Backend(Arc::new(backend)));
+        self
+    }
+
+    /// How the cache uses L2: timeouts, breaker, codec, compression,
+    /// encryption, key prefix and tenant, all at once (see [`L2Config`]; the
+    /// methods below set one field each).
+    pub fn l2_config(mut self, config: L2Config) -> Self {
+        self.l2_config = config;
+        self
+    }
+
+    /// Timeout of each L2 call (default 250 ms).
+    pub fn l2_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.l2_config.timeout = timeout;
+        self
+    }
+
+    /// Open the L2 breaker after `failures` consecutive failures, for
+    /// `cooldown` (defaults 5 and 2 s).
+    pub fn l2_breaker(mut self, failures: u32, cooldown: std::time::Duration) -> Self {
+        self.l2_config.breaker_failures = failures;
+        self.l2_config.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// The L2 value codec (default [`Codec::Postcard`]).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.l2_config.codec = codec;
+        self
+    }
+
+    /// L2 value compression (default LZ4 above 1 KiB).
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.l2_config.compression = compression;
+        self
+    }
+
+    /// Encrypt L2 values (AES-256-GCM). Values found in L2 unencrypted are then
+    /// refused as bad data.
+    pub fn encryption(mut self, encryption: Encryption) -> Self {
+        self.l2_config.encryption = Some(encryption);
+        self
+    }
+
+    /// The L2 key prefix (default `tiered`; see [`crate::l2::layout`]).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.l2_config.prefix = prefix.into();
+        self
+    }
+
+    /// Keep this cache's L2 keys in `tenant`'s own space (see
+    /// [`crate::l2::layout`]): caches of different tenants never see each
+    /// other's entries.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.l2_config.tenant = Some(tenant.into());
+        self
+    }
+
+    /// `false` keeps nothing in process memory: every read goes to L2 (for
+    /// data that must never be served from a local copy, and for measuring L2).
+    pub fn l1_enabled(mut self, enabled: bool) -> Self {
+        self.l1_enabled = enabled;
+        self
+    }
+
     /// Builds the cache.
     ///
     /// # Errors
@@ -185,10 +290,49 @@ impl<V: Value> CacheBuilder<V> {
             ));
         }
         self.defaults.validate()?;
+        for (what, value) in [
+            ("key prefix", Some(&self.l2_config.prefix)),
+            ("tenant", self.l2_config.tenant.as_ref()),
+        ] {
+            if let Some(value) = value {
+                validate_namespace(value).map_err(|_| {
+                    Error::InvalidConfig(format!(
+                        "the {what} must be 1 to {} bytes without control characters",
+                        crate::MAX_NAMESPACE_LEN
+                    ))
+                })?;
+            }
+        }
+        if self.l2_config.timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "the L2 timeout must be above zero".into(),
+            ));
+        }
+        if !self.l1_enabled && self.l2.is_none() {
+            return Err(Error::InvalidConfig(
+                "L1 is disabled and there is no L2: nothing would be cached".into(),
+            ));
+        }
+        let namespace: Arc<str> = Arc::from(self.namespace);
+        let l2 = match self.l2 {
+            None => None,
+            Some(source) => {
+                let backend: Arc<dyn L2> = match source {
+                    L2Source::Backend(b) => b,
+                    L2Source::Redis(r) => Arc::new(r.build()?),
+                };
+                Some(Arc::new(Tier::new(
+                    backend,
+                    self.l2_config,
+                    Arc::clone(&namespace),
+                    Arc::clone(&self.clock),
+                )))
+            }
+        };
         let weigher = self.weigher.unwrap_or_else(|| Arc::new(encoded_size::<V>));
         Ok(Cache::from_inner(Inner {
-            recorder: Recorder::new(&self.namespace),
-            namespace: Arc::from(self.namespace),
+            recorder: Recorder::new(&namespace),
+            namespace,
             clock: self.clock,
             l1: L1::new(self.l1_max_bytes),
             defaults: Arc::new(self.defaults),
@@ -197,6 +341,8 @@ impl<V: Value> CacheBuilder<V> {
             invalidations: Invalidations::new(),
             flights: Flights::new(),
             top: TopKeys::new(self.top_keys, self.top_keys_sample),
+            l2,
+            l1_enabled: self.l1_enabled,
         }))
     }
 }

@@ -19,6 +19,7 @@ use crate::filter::BloomFilter;
 use crate::invalidate::{self, Birth, Invalidations, TagId};
 use crate::key::validate_key;
 use crate::l1::L1;
+use crate::l2::tier::Tier;
 use crate::load::flight::{Flights, Joined, Ticket};
 use crate::load::{Job, LoadTask, Loaded, LoaderCall};
 use crate::options::{validate_tag, Options};
@@ -46,7 +47,7 @@ pub(crate) type Weigher<V> = Arc<dyn Fn(&str, &V) -> u64 + Send + Sync>;
 /// Dropping a loading call's future stops that caller waiting; the load itself
 /// goes on (other callers may be waiting on it) and stores its result.
 pub struct Cache<V> {
-    inner: Arc<Inner<V>>,
+    pub(crate) inner: Arc<Inner<V>>,
 }
 
 impl<V> Clone for Cache<V> {
@@ -77,6 +78,10 @@ pub(crate) struct Inner<V> {
     pub flights: Flights<V>,
     pub recorder: Recorder,
     pub top: TopKeys,
+    /// The distributed tier, if configured.
+    pub l2: Option<Arc<Tier>>,
+    /// `false`: nothing is kept in process memory (every read goes to L2).
+    pub l1_enabled: bool,
 }
 
 /// A stale entry a waiting caller may fall back on.
@@ -164,7 +169,7 @@ impl<V: Value> Cache<V> {
             Lookup::Hit(entry) | Lookup::RefreshAhead(entry) => Ok(inner.hit(&entry)),
             Lookup::Stale(_) | Lookup::Miss => {
                 inner.recorder.miss();
-                Ok(None)
+                Ok(inner.get_from_l2(key).await)
             }
         }
     }
@@ -298,67 +303,80 @@ impl<V: Value> Cache<V> {
     /// # Errors
     ///
     /// [`Error::InvalidKey`].
-    pub fn set(&self, key: &str, value: V) -> Result<()> {
+    pub async fn set(&self, key: &str, value: V) -> Result<()> {
         let opts = Arc::clone(&self.inner.defaults);
-        self.set_with(key, value, &opts)
+        self.set_with(key, value, &opts).await
     }
 
-    /// Stores `value` at `key`. A load of `key` already running will not overwrite
-    /// it; entries that depend on `key` are invalidated; the key is added to the
-    /// existence filter, if any.
+    /// Stores `value` at `key`: in L2 first (if configured), then in L1. A load
+    /// of `key` already running will not overwrite it in either tier; entries
+    /// that depend on `key` are invalidated; the key is added to the existence
+    /// filter, if any.
+    ///
+    /// If L2 cannot be reached, the call still succeeds: L1 has the value and
+    /// the L2 write is kept and replayed when L2 is back (see [`crate::l2`]).
     ///
     /// # Errors
     ///
     /// [`Error::InvalidKey`] / [`Error::InvalidOption`]; nothing is changed.
-    pub fn set_with(&self, key: &str, value: V, opts: &Options) -> Result<()> {
+    pub async fn set_with(&self, key: &str, value: V, opts: &Options) -> Result<()> {
         validate_key(key)?;
         opts.validate()?;
         let inner = &self.inner;
         check_not_self_dependent(key, opts)?;
         let now = inner.clock.now();
         let birth = inner.begin_load(opts, now);
-        let entry = inner.build_entry(
-            key,
-            Some(Arc::new(value)),
-            opts,
-            birth.born,
-            now,
-            Duration::ZERO,
-        );
-        {
-            let mut registry = inner.flights.lock(key);
-            registry.fence(key);
-            if let Some(old) = inner.l1.peek(key) {
-                old.revoke();
-            }
-            if let Some(entry) = entry {
-                inner.store(Arc::from(key), entry, now);
+        let value = Arc::new(value);
+        let entry = inner
+            .build_entry(
+                key,
+                Some(Arc::clone(&value)),
+                opts,
+                birth.born,
+                now,
+                Duration::ZERO,
+            )
+            .map(|e| Entry {
+                version: inner.next_version(),
+                ..e
+            });
+        if let (Some(l2), Some(entry)) = (&inner.l2, &entry) {
+            // L2 first: a load that reads L2 before this write lands started
+            // before the fence below, which keeps it out of L1.
+            if let Some(write) = l2.encode(key, &entry.meta(), Some(&*value)) {
+                l2.write(vec![write]).await;
             }
         }
-        inner.invalidations.key_changed(key, now);
-        if let Some(filter) = &inner.filter {
-            filter.insert(key);
-        }
+        inner.replace(key, entry, now);
         Ok(())
     }
 
-    /// Removes `key`. A load of `key` already running will not store its result;
-    /// entries that depend on `key` are invalidated. Returns whether an entry was
-    /// removed.
+    /// Removes `key` from every tier (L2 first, then L1). A load of `key`
+    /// already running will not store its result; entries that depend on `key`
+    /// are invalidated. Returns whether an entry was removed from a tier.
+    ///
+    /// If L2 cannot be reached, the call still succeeds: the removal is kept and
+    /// replayed when L2 is back, so it is never lost to an outage.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidKey`].
-    pub fn remove(&self, key: &str) -> Result<bool> {
+    pub async fn remove(&self, key: &str) -> Result<bool> {
         validate_key(key)?;
         let inner = &self.inner;
+        let in_l2 = match &inner.l2 {
+            // L2 first: a load that read the old value before the delete
+            // started before the fence below, which keeps it out of L1.
+            Some(l2) => l2.remove(&[key]).await,
+            None => false,
+        };
         let removed = {
             let mut registry = inner.flights.lock(key);
             registry.fence(key);
             inner.l1.remove(key).inspect(|old| old.revoke()).is_some()
         };
         inner.invalidations.key_changed(key, inner.clock.now());
-        Ok(removed)
+        Ok(removed || in_l2)
     }
 
     /// Drops every entry carrying `tag`, in amortized O(1): the entries are discarded when
@@ -381,7 +399,7 @@ impl<V: Value> Cache<V> {
         let inner = &self.inner;
         // Order matters: once the stamp has moved, no load born before it can
         // install (`may_install`), so fencing and emptying L1 need no global lock.
-        inner.invalidations.clear();
+        inner.invalidations.clear(inner.clock.now());
         inner.flights.fence_all();
         inner.l1.clear();
     }
@@ -389,7 +407,10 @@ impl<V: Value> Cache<V> {
     /// A snapshot of the counters (see [`Stats`]).
     pub fn stats(&self) -> Stats {
         let l1 = &self.inner.l1;
-        self.inner.recorder.snapshot(l1.len(), l1.weighted_size())
+        let l2 = self.inner.l2.as_ref().map(|l2| l2.stats());
+        self.inner
+            .recorder
+            .snapshot(l1.len(), l1.weighted_size(), l2)
     }
 
     /// The `n` most requested keys (estimated; see
@@ -500,6 +521,9 @@ impl<V: Value> Inner<V> {
 
     /// Stores an entry in L1 and counts the evictions it caused.
     pub(crate) fn store(&self, key: Arc<str>, entry: Entry<V>, now: Timestamp) {
+        if !self.l1_enabled {
+            return;
+        }
         let inserted = self.l1.insert(key, Arc::new(entry), now);
         self.recorder.evicted(inserted.evicted);
     }
@@ -517,6 +541,56 @@ impl<V: Value> Inner<V> {
         tags.sort_unstable();
         tags.dedup();
         tags.into_boxed_slice()
+    }
+
+    /// The L1 side of a write: fences running loads of `key` (they will not
+    /// store), revokes the old entry (no fail-safe fallback to it), stores the
+    /// new one, invalidates dependants and feeds the existence filter.
+    pub(crate) fn replace(&self, key: &str, entry: Option<Entry<V>>, now: Timestamp) {
+        {
+            let mut registry = self.flights.lock(key);
+            registry.fence(key);
+            if let Some(old) = self.l1.peek(key) {
+                old.revoke();
+            }
+            if let Some(entry) = entry {
+                self.store(Arc::from(key), entry, now);
+            }
+        }
+        self.invalidations.key_changed(key, now);
+        if let Some(filter) = &self.filter {
+            filter.insert(key);
+        }
+    }
+
+    /// A version for a write starting now (0 without L2, where nothing reads it).
+    pub(crate) fn next_version(&self) -> u64 {
+        self.l2.as_ref().map_or(0, |l2| l2.next_version())
+    }
+
+    /// `get` after an L1 miss: the fresh L2 entry, if any, installed in L1
+    /// unless a `set`/`remove` of the key (or of a key sharing its flight
+    /// shard) happened while L2 was read.
+    async fn get_from_l2(&self, key: &str) -> Option<Arc<V>> {
+        let l2 = self.l2.as_ref()?;
+        let fences = self.flights.lock(key).fences();
+        let born = self.invalidations.current();
+        let decoded = l2.fetch::<V>(&[key]).await.pop().flatten();
+        let now = self.clock.now();
+        let entry =
+            decoded.and_then(|d| self.entry_from_l2(key, d, &self.defaults, born, now, false));
+        let Some(entry) = entry else {
+            l2.miss(1);
+            return None;
+        };
+        l2.hit();
+        let value = entry.value.clone();
+        let registry = self.flights.lock(key);
+        if registry.fences() == fences && self.invalidations.may_install(&entry) {
+            self.store(Arc::from(key), entry, now);
+        }
+        drop(registry);
+        value
     }
 
     /// What a load (or `set`) starting now is born with. Dependencies are

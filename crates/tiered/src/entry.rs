@@ -2,8 +2,8 @@
 //! when it is fresh, when it should be refreshed, and how long it may be served
 //! stale.
 //!
-//! The L2 tier (a later addition) stores the same metadata in a versioned envelope;
-//! in L1 the value stays decoded behind an `Arc`.
+//! The L2 tier stores the same metadata in a versioned envelope (see
+//! [`crate::l2::envelope`]); in L1 the value stays decoded behind an `Arc`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::clock::Timestamp;
 use crate::invalidate::TagId;
+use crate::l2::envelope::Meta;
 use crate::options::AdaptiveTtl;
 
 /// How an entry reads at a given moment.
@@ -32,6 +33,12 @@ pub(crate) struct Entry<V> {
     /// The invalidation stamp read when the load that produced this entry began;
     /// see [`crate::invalidate`] for how it fences out invalidated data.
     pub born: u64,
+    /// Orders writes of one key across tiers and instances (see
+    /// [`crate::l2::envelope`]); 0 in a cache without L2.
+    pub version: u64,
+    /// When the value was loaded or set (for L2 readers: older than an
+    /// invalidation means invalid).
+    pub created: Timestamp,
     pub refresh_at: Timestamp,
     pub fresh_until: Timestamp,
     pub stale_until: Timestamp,
@@ -68,6 +75,8 @@ impl<V> Entry<V> {
         Entry {
             value: Some(value),
             born: 0,
+            version: 0,
+            created: Timestamp::ZERO,
             refresh_at: Timestamp::MAX,
             fresh_until: Timestamp::MAX,
             stale_until: Timestamp::MAX,
@@ -81,6 +90,20 @@ impl<V> Entry<V> {
             retry_after: AtomicU64::new(0),
             validated_through: AtomicU64::new(0),
             revoked: AtomicBool::new(false),
+        }
+    }
+
+    /// The metadata the L2 envelope carries.
+    pub(crate) fn meta(&self) -> Meta {
+        Meta {
+            version: self.version,
+            created: self.created,
+            refresh_at: self.refresh_at,
+            fresh_until: self.fresh_until,
+            stale_until: self.stale_until,
+            ttl: self.ttl,
+            load_duration: self.load_duration,
+            tags: self.tags.iter().map(|t| t.to_string()).collect(),
         }
     }
 

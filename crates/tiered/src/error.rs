@@ -51,6 +51,10 @@ pub enum Error {
     /// A loading call was made outside a tokio runtime.
     #[error("no tokio runtime: loads run as tokio tasks")]
     NoRuntime,
+    /// An operation that needs the L2 tier (a Redis utility such as
+    /// [`Cache::incr`](crate::Cache::incr)) could not use it.
+    #[error("L2: {0}")]
+    L2(#[from] crate::l2::L2Error),
     /// The tokio runtime has timers disabled, so loader timeouts cannot run.
     #[error("tokio timers are disabled: build the runtime with enable_time() or enable_all()")]
     TimersDisabled,

@@ -24,7 +24,7 @@
 //!
 //! // Invalidation by key or tag.
 //! let opts = users.options().tag("team:7");
-//! users.set_with("43", "Grace".into(), &opts)?;
+//! users.set_with("43", "Grace".into(), &opts).await?;
 //! users.invalidate_tag("team:7")?;
 //! assert!(!users.contains("43")?);
 //! # Ok(())
@@ -75,6 +75,7 @@ pub mod filter;
 pub mod invalidate;
 pub mod key;
 pub mod l1;
+pub mod l2;
 pub mod load;
 pub mod metrics;
 pub mod options;
@@ -88,8 +89,9 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{BoxError, Error, Result};
 pub use filter::BloomFilter;
 pub use key::{MAX_KEY_LEN, MAX_NAMESPACE_LEN};
+pub use l2::{Codec, Compression, Encryption, Inspection, L2Config, L2Error, RedisL2, L2};
 pub use options::{AdaptiveTtl, Options, DEFAULT_HARD_TIMEOUT, MAX_TAGS, MAX_TAG_LEN, MAX_TTL};
-pub use stats::{Stats, TierStats};
+pub use stats::{L2Stats, Stats, TierStats};
 pub use topk::HotKey;
 
 /// What a cache can hold: any owned, thread-safe, serializable type.

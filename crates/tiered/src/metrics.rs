@@ -16,12 +16,16 @@
 //!
 //! | name | kind | labels |
 //! |---|---|---|
-//! | `tiered_cache_requests_total` | counter | `tier` = `l1`, `outcome` = `hit` / `miss` / `stale` / `negative` / `filtered` |
+//! | `tiered_cache_requests_total` | counter | `tier` = `l1`, `outcome` = `hit` / `miss` / `stale` / `negative` / `filtered`; `tier` = `l2`, `outcome` = `hit` / `miss` |
 //! | `tiered_cache_loads_total` | counter | `outcome` = `ok` / `error` / `coalesced` / `refresh` / `fenced` |
 //! | `tiered_cache_evictions_total` | counter | `tier` |
 //! | `tiered_cache_load_duration_seconds` | histogram | — |
 //! | `tiered_cache_entries` | gauge | `tier` (updated by `stats()`) |
 //! | `tiered_cache_bytes` | gauge | `tier` (updated by `stats()`) |
+//! | `tiered_cache_l2_errors_total` | counter | — (failed or timed-out L2 calls) |
+//! | `tiered_cache_l2_bad_data_total` | counter | — (unreadable L2 values, deleted) |
+//! | `tiered_cache_l2_breaker_state` | gauge | 0 closed, 1 half-open, 2 open (updated by `stats()`) |
+//! | `tiered_cache_l2_pending` | gauge | writes/removals waiting for L2 (updated by `stats()`) |
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
@@ -37,6 +41,39 @@ pub const LOAD_DURATION: &str = "tiered_cache_load_duration_seconds";
 pub const ENTRIES: &str = "tiered_cache_entries";
 /// Bytes charged to the budget, by tier.
 pub const BYTES: &str = "tiered_cache_bytes";
+
+/// Failed or timed-out L2 calls.
+pub const L2_ERRORS: &str = "tiered_cache_l2_errors_total";
+/// Unreadable L2 values.
+pub const L2_BAD_DATA: &str = "tiered_cache_l2_bad_data_total";
+/// The L2 circuit breaker's state.
+pub const L2_BREAKER: &str = "tiered_cache_l2_breaker_state";
+/// Writes and removals waiting for L2.
+pub const L2_PENDING: &str = "tiered_cache_l2_pending";
+
+/// Registered handles for one cache's L2 tier.
+pub(crate) struct L2Handles {
+    pub hit: Counter,
+    pub miss: Counter,
+    pub errors: Counter,
+    pub bad_data: Counter,
+    pub breaker: Gauge,
+    pub pending: Gauge,
+}
+
+impl L2Handles {
+    pub(crate) fn register(namespace: &str) -> Self {
+        let ns = namespace.to_owned();
+        L2Handles {
+            hit: counter!(REQUESTS, "cache" => ns.clone(), "tier" => "l2", "outcome" => "hit"),
+            miss: counter!(REQUESTS, "cache" => ns.clone(), "tier" => "l2", "outcome" => "miss"),
+            errors: counter!(L2_ERRORS, "cache" => ns.clone()),
+            bad_data: counter!(L2_BAD_DATA, "cache" => ns.clone()),
+            breaker: gauge!(L2_BREAKER, "cache" => ns.clone()),
+            pending: gauge!(L2_PENDING, "cache" => ns),
+        }
+    }
+}
 
 /// Registered handles for one cache.
 pub(crate) struct Handles {

@@ -8,6 +8,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use crate::l2::tier::L2Stats;
 use crate::metrics::Handles;
 
 const STRIPES: usize = 8;
@@ -151,7 +152,7 @@ impl Recorder {
         }
     }
 
-    pub(crate) fn snapshot(&self, l1_entries: u64, l1_bytes: u64) -> Stats {
+    pub(crate) fn snapshot(&self, l1_entries: u64, l1_bytes: u64, l2: Option<L2Stats>) -> Stats {
         self.metrics.l1_entries.set(l1_entries as f64);
         self.metrics.l1_bytes.set(l1_bytes as f64);
         Stats {
@@ -162,6 +163,7 @@ impl Recorder {
                 entries: l1_entries,
                 weighted_bytes: l1_bytes,
             },
+            l2,
             stale_hits: self.stale_hits.get(),
             negative_hits: self.negative_hits.get(),
             filtered: self.filtered.get(),
@@ -203,6 +205,8 @@ impl TierStats {
 pub struct Stats {
     /// The in-process tier.
     pub l1: TierStats,
+    /// The distributed tier, if the cache has one.
+    pub l2: Option<L2Stats>,
     /// Calls answered with a stale value (fail-safe or soft timeout).
     pub stale_hits: u64,
     /// Hits on a cached "absent" (negative caching); also counted in `l1.hits`.
@@ -222,9 +226,10 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Requests answered from the cache (fresh or stale) over all requests.
+    /// Requests answered from the cache (L1, L2, or stale) over all requests.
     pub fn hit_ratio(&self) -> f64 {
-        let served = self.l1.hits + self.stale_hits;
+        let l2_hits = self.l2.map_or(0, |l2| l2.hits);
+        let served = self.l1.hits + l2_hits + self.stale_hits;
         ratio(served, self.l1.hits + self.l1.misses)
     }
 }

@@ -15,12 +15,13 @@ async fn invalidating_a_tag_drops_every_entry_carrying_it() {
     let cache = cache(&clock);
     let team7 = cache.options().tag("team:7");
     let both = cache.options().tags(["team:7", "admins"]);
-    cache.set_with("alice", s("a"), &team7).unwrap();
-    cache.set_with("bob", s("b"), &both).unwrap();
+    cache.set_with("alice", s("a"), &team7).await.unwrap();
+    cache.set_with("bob", s("b"), &both).await.unwrap();
     cache
         .set_with("carol", s("c"), &cache.options().tag("team:8"))
+        .await
         .unwrap();
-    cache.set("dave", s("d")).unwrap();
+    cache.set("dave", s("d")).await.unwrap();
 
     cache.invalidate_tag("team:7").unwrap();
     assert!(!cache.contains("alice").unwrap());
@@ -29,7 +30,7 @@ async fn invalidating_a_tag_drops_every_entry_carrying_it() {
     assert!(cache.contains("dave").unwrap());
 
     // Entries stored after the invalidation with the same tag are valid.
-    cache.set_with("alice", s("a2"), &team7).unwrap();
+    cache.set_with("alice", s("a2"), &team7).await.unwrap();
     assert_eq!(val(cache.get("alice").await), Some(s("a2")));
     // Invalidating an unknown tag is harmless.
     cache.invalidate_tag("nobody").unwrap();
@@ -58,13 +59,14 @@ async fn a_tagged_entry_loaded_through_get_or_load_is_invalidated_too() {
 async fn removing_a_key_invalidates_its_dependants_transitively() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
-    cache.set("user:1", s("Ada")).unwrap();
+    cache.set("user:1", s("Ada")).await.unwrap();
     cache
         .set_with(
             "profile:1",
             s("profile of Ada"),
             &cache.options().depends_on("user:1"),
         )
+        .await
         .unwrap();
     cache
         .set_with(
@@ -72,10 +74,11 @@ async fn removing_a_key_invalidates_its_dependants_transitively() {
             s("page with profile"),
             &cache.options().depends_on("profile:1"),
         )
+        .await
         .unwrap();
-    cache.set("unrelated", s("x")).unwrap();
+    cache.set("unrelated", s("x")).await.unwrap();
 
-    cache.remove("user:1").unwrap();
+    cache.remove("user:1").await.unwrap();
     assert!(!cache.contains("profile:1").unwrap(), "direct dependant");
     assert!(
         !cache.contains("page:1").unwrap(),
@@ -88,15 +91,16 @@ async fn removing_a_key_invalidates_its_dependants_transitively() {
 async fn setting_a_key_invalidates_its_dependants() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
-    cache.set("price:9", s("10")).unwrap();
+    cache.set("price:9", s("10")).await.unwrap();
     cache
         .set_with(
             "cart:1",
             s("total 10"),
             &cache.options().depends_on("price:9"),
         )
+        .await
         .unwrap();
-    cache.set("price:9", s("12")).unwrap();
+    cache.set("price:9", s("12")).await.unwrap();
     assert!(!cache.contains("cart:1").unwrap());
     assert!(cache.contains("price:9").unwrap());
 }
@@ -107,7 +111,7 @@ async fn remove_during_a_load_is_not_undone_by_the_load() {
     let cache = cache(&clock);
     let loader = Loader::returning(s("read before the delete"));
     let call = held_load(&cache, &loader, "k", cache.options()).await;
-    cache.remove("k").unwrap(); // the row was deleted while the loader read it
+    cache.remove("k").await.unwrap(); // the row was deleted while the loader read it
     loader.release();
     // The caller that asked before the removal gets what was loaded...
     assert_eq!(val(call.await.unwrap()), Some(s("read before the delete")));
@@ -122,7 +126,7 @@ async fn set_during_a_load_wins_over_the_load() {
     let cache = cache(&clock);
     let loader = Loader::returning(s("old"));
     let call = held_load(&cache, &loader, "k", cache.options()).await;
-    cache.set("k", s("new")).unwrap();
+    cache.set("k", s("new")).await.unwrap();
     loader.release();
     call.await.unwrap().unwrap();
     assert_eq!(val(cache.get("k").await), Some(s("new")));
@@ -159,7 +163,7 @@ async fn tag_invalidation_during_a_load_fences_it() {
 async fn removing_a_dependency_during_a_load_fences_the_dependant() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
-    cache.set("user:1", s("Ada")).unwrap();
+    cache.set("user:1", s("Ada")).await.unwrap();
     let loader = Loader::returning(s("profile built from Ada"));
     loader.hold();
     let opts = cache.options().depends_on("user:1");
@@ -172,7 +176,7 @@ async fn removing_a_dependency_during_a_load_fences_the_dependant() {
         })
     };
     loader.wait_for_calls(1).await;
-    cache.remove("user:1").unwrap();
+    cache.remove("user:1").await.unwrap();
     loader.release();
     call.await.unwrap().unwrap();
     assert!(!cache.contains("profile:1").unwrap());
@@ -197,18 +201,16 @@ async fn callers_after_an_invalidation_do_not_join_a_load_that_predates_it() {
     let cache = cache(&clock);
     let tagged = cache.options().tag("t");
     // Each invalidation in turn: remove, clear, tag.
-    type Invalidation<'a> = &'a dyn Fn(&tiered::Cache<String>);
-    let invalidations: [Invalidation; 3] = [
-        &|c| {
-            c.remove("k").unwrap();
-        },
-        &|c| c.clear(),
-        &|c| c.invalidate_tag("t").unwrap(),
-    ];
-    for (round, invalidate) in invalidations.iter().enumerate() {
+    for round in 0..3 {
         let loader = Loader::returning(s("read before"));
         let old = held_load(&cache, &loader, "k", tagged.clone()).await;
-        invalidate(&cache);
+        match round {
+            0 => {
+                cache.remove("k").await.unwrap();
+            }
+            1 => cache.clear(),
+            _ => cache.invalidate_tag("t").unwrap(),
+        }
         // A caller arriving now must not get the pre-invalidation read.
         let fresh = Loader::returning(s("read after"));
         let got = cache.get_or_load_with("k", &tagged, fresh.load()).await;
@@ -222,7 +224,7 @@ async fn callers_after_an_invalidation_do_not_join_a_load_that_predates_it() {
             Some(s("read after")),
             "round {round}"
         );
-        cache.remove("k").unwrap();
+        cache.remove("k").await.unwrap();
     }
 }
 
@@ -234,11 +236,11 @@ async fn a_stale_value_removed_during_the_load_is_not_served_on_failure() {
         .grace(secs(60))
         .build()
         .unwrap();
-    cache.set("k", s("old")).unwrap();
+    cache.set("k", s("old")).await.unwrap();
     clock.advance(secs(11)); // stale, within grace
     let loader: Loader<String> = Loader::new(tiered_testkit::Step::Fail("down".into()));
     let call = held_load(&cache, &loader, "k", cache.options()).await;
-    cache.remove("k").unwrap(); // deleted while the reload runs
+    cache.remove("k").await.unwrap(); // deleted while the reload runs
     loader.release();
     let result = call.await.unwrap();
     assert!(
@@ -277,6 +279,7 @@ async fn many_tag_invalidations_stay_correct_after_pruning() {
         let tag = format!("t{round}");
         cache
             .set_with("k", s("v"), &cache.options().tag(tag.as_str()))
+            .await
             .unwrap();
         cache.invalidate_tag(&tag).unwrap();
         assert!(!cache.contains("k").unwrap(), "round {round}");
@@ -293,14 +296,15 @@ async fn unrelated_invalidations_do_not_break_single_flight() {
     let loader = Loader::returning(s("v"));
     let first = held_load(&cache, &loader, "k", cache.options().tag("mine")).await;
     // A busy cache: other tags and dependencies keep being invalidated.
-    cache.set("parent", s("p")).unwrap();
+    cache.set("parent", s("p")).await.unwrap();
     cache
         .set_with("child", s("c"), &cache.options().depends_on("parent"))
+        .await
         .unwrap();
     let mut callers = Vec::new();
     for i in 0..20 {
         cache.invalidate_tag(&format!("other-{i}")).unwrap();
-        cache.set("parent", s("p2")).unwrap(); // invalidates the dependency tag
+        cache.set("parent", s("p2")).await.unwrap(); // invalidates the dependency tag
         callers.push(spawn_get(&cache, &loader, "k", cache.options().tag("mine")));
     }
     tiered_testkit::eventually("20 coalesced waits", || cache.stats().coalesced == 20).await;

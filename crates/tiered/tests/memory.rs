@@ -24,7 +24,10 @@ async fn a_full_l1_stays_within_budget_plus_documented_overhead() {
     let mut rng = fastrand::Rng::with_seed(42);
     for i in 0..1_000_000u32 {
         let len = rng.usize(16..1024);
-        cache.set(&format!("key:{i}"), "x".repeat(len)).unwrap();
+        cache
+            .set(&format!("key:{i}"), "x".repeat(len))
+            .await
+            .unwrap();
     }
     let change = region.change();
     let live = change.bytes_allocated as i64 - change.bytes_deallocated as i64;

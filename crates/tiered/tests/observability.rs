@@ -75,7 +75,7 @@ async fn metrics_go_out_through_the_facade_with_the_documented_names() {
     let (c2, l2) = (cache.clone(), loader.clone());
     let b = tokio::spawn(async move { c2.get_or_load("w", l2.load()).await });
     tiered_testkit::eventually("a coalesced wait", || cache.stats().coalesced == 1).await;
-    cache.remove("w").unwrap(); // the running load is fenced
+    cache.remove("w").await.unwrap(); // the running load is fenced
     loader.release();
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
@@ -110,7 +110,7 @@ async fn metrics_go_out_through_the_facade_with_the_documented_names() {
         .await
         .unwrap(); // negative hit
     for i in 0..100 {
-        cache.set(&format!("e{i}"), "x".repeat(100)).unwrap(); // evictions
+        cache.set(&format!("e{i}"), "x".repeat(100)).await.unwrap(); // evictions
     }
     cache.stats(); // refreshes the gauges
 
@@ -187,8 +187,8 @@ async fn top_keys_reports_the_hottest_keys() {
     // Space-Saving guarantees every key above N/k requests is tracked: N ≈ 700,
     // k = 16, so both "hot" (300) and "warm" (100) must be there, in order.
     let cache = builder(&clock).top_keys(16, 1).build().unwrap();
-    cache.set("hot", s("v")).unwrap();
-    cache.set("warm", s("v")).unwrap();
+    cache.set("hot", s("v")).await.unwrap();
+    cache.set("warm", s("v")).await.unwrap();
     for i in 0..300 {
         cache.get("hot").await.unwrap();
         if i % 3 == 0 {
@@ -213,7 +213,7 @@ async fn the_l1_byte_budget_holds_through_the_public_api() {
     let mut rng = fastrand::Rng::with_seed(11);
     for i in 0..5_000 {
         let len = rng.usize(1..2_000);
-        cache.set(&format!("k{i}"), "x".repeat(len)).unwrap();
+        cache.set(&format!("k{i}"), "x".repeat(len)).await.unwrap();
         let st = cache.stats();
         assert!(
             st.l1.weighted_bytes <= budget,
@@ -234,7 +234,7 @@ async fn a_custom_weigher_is_used_and_oversized_values_are_still_returned() {
         .weigher(|_key, v: &String| v.len() as u64 * 10)
         .build()
         .unwrap();
-    cache.set("a", s("0123456789")).unwrap(); // 100 + key 1
+    cache.set("a", s("0123456789")).await.unwrap(); // 100 + key 1
     assert_eq!(cache.stats().l1.weighted_bytes, 101);
     // Too heavy for L1: not stored, but the loader's value is still returned.
     let loader = Loader::returning("y".repeat(200));
@@ -248,7 +248,7 @@ async fn a_custom_weigher_is_used_and_oversized_values_are_still_returned() {
 async fn warm_loads_with_bounded_concurrency_and_reports_progress() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
-    cache.set("k0", s("already")).unwrap();
+    cache.set("k0", s("already")).await.unwrap();
     let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (r, p) = (Arc::clone(&running), Arc::clone(&peak));

@@ -37,7 +37,7 @@ async fn get_or_load_loads_once_then_hits() {
 async fn l1_hit_returns_the_same_arc_without_copying() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
-    cache.set("k", s("shared")).unwrap();
+    cache.set("k", s("shared")).await.unwrap();
     let a = cache.get("k").await.unwrap().unwrap();
     let b = cache.get("k").await.unwrap().unwrap();
     assert!(
@@ -51,14 +51,14 @@ async fn set_get_remove_contains_clear() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
     assert_eq!(val(cache.get("a").await), None);
-    cache.set("a", s("1")).unwrap();
-    cache.set("b", s("2")).unwrap();
+    cache.set("a", s("1")).await.unwrap();
+    cache.set("b", s("2")).await.unwrap();
     assert!(cache.contains("a").unwrap());
     assert_eq!(val(cache.get("a").await), Some(s("1")));
-    cache.set("a", s("1b")).unwrap();
+    cache.set("a", s("1b")).await.unwrap();
     assert_eq!(val(cache.get("a").await), Some(s("1b")));
-    assert!(cache.remove("a").unwrap());
-    assert!(!cache.remove("a").unwrap());
+    assert!(cache.remove("a").await.unwrap());
+    assert!(!cache.remove("a").await.unwrap());
     assert!(!cache.contains("a").unwrap());
     assert_eq!(val(cache.get("a").await), None);
     cache.clear();
@@ -71,9 +71,10 @@ async fn set_get_remove_contains_clear() {
 async fn entries_expire_at_their_ttl() {
     let clock = ManualClock::new();
     let cache = builder(&clock).ttl(secs(10)).build().unwrap();
-    cache.set("short", s("x")).unwrap();
+    cache.set("short", s("x")).await.unwrap();
     cache
         .set_with("long", s("y"), &cache.options().ttl(secs(100)))
+        .await
         .unwrap();
     clock.advance(secs(9));
     assert!(cache.contains("short").unwrap());
@@ -147,7 +148,7 @@ async fn existence_filter_answers_absent_without_loading() {
     );
     assert_eq!(cache.stats().filtered, 1);
     // `set` teaches the filter the key exists.
-    cache.set("user:2", s("new")).unwrap();
+    cache.set("user:2", s("new")).await.unwrap();
     assert!(filter.might_contain("user:2"));
 }
 
@@ -180,10 +181,13 @@ async fn bad_keys_are_refused_and_change_nothing() {
             Err(Error::InvalidKey { .. })
         ));
         assert!(matches!(
-            cache.set(key, s("v")),
+            cache.set(key, s("v")).await,
             Err(Error::InvalidKey { .. })
         ));
-        assert!(matches!(cache.remove(key), Err(Error::InvalidKey { .. })));
+        assert!(matches!(
+            cache.remove(key).await,
+            Err(Error::InvalidKey { .. })
+        ));
         assert!(matches!(cache.contains(key), Err(Error::InvalidKey { .. })));
         assert!(matches!(
             cache.get_or_load(key, loader.load()).await,
@@ -192,7 +196,7 @@ async fn bad_keys_are_refused_and_change_nothing() {
     }
     // The longest valid key works.
     let max = "k".repeat(MAX_KEY_LEN);
-    cache.set(&max, s("v")).unwrap();
+    cache.set(&max, s("v")).await.unwrap();
     assert!(cache.contains(&max).unwrap());
     assert_eq!(loader.calls(), 0);
     assert_eq!(cache.stats().l1.entries, 1);
@@ -202,7 +206,7 @@ async fn bad_keys_are_refused_and_change_nothing() {
 async fn bad_options_are_refused_and_change_nothing() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
-    cache.set("k", s("original")).unwrap();
+    cache.set("k", s("original")).await.unwrap();
     let loader = Loader::returning(s("v"));
     let bad = [
         cache.options().ttl(std::time::Duration::ZERO),
@@ -214,7 +218,7 @@ async fn bad_options_are_refused_and_change_nothing() {
         cache.options().depends_on("k"), // an entry cannot depend on itself
     ];
     for opts in &bad {
-        let e = cache.set_with("k", s("changed"), opts).unwrap_err();
+        let e = cache.set_with("k", s("changed"), opts).await.unwrap_err();
         assert!(matches!(e, Error::InvalidOption { .. }), "{e:?}");
         let e = cache
             .get_or_load_with("k", opts, loader.load())

@@ -187,7 +187,7 @@ fn batch_loader(
 async fn get_many_or_load_makes_one_loader_call_for_all_misses() {
     let clock = ManualClock::new();
     let cache = builder(&clock).negative_ttl(secs(30)).build().unwrap();
-    cache.set("a", s("cached-a")).unwrap();
+    cache.set("a", s("cached-a")).await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let keys = ["a", "b", "c", "missing-d", "b"];
@@ -347,7 +347,7 @@ async fn get_many_or_load_serves_stale_when_the_batch_fails() {
         .grace(secs(60))
         .build()
         .unwrap();
-    cache.set("a", s("old-a")).unwrap();
+    cache.set("a", s("old-a")).await.unwrap();
     clock.advance(secs(11));
     let got = cache
         .get_many_or_load(&["a"], |_keys| async {
@@ -375,7 +375,7 @@ async fn get_many_or_load_refreshes_keys_past_their_refresh_point() {
         .eager_refresh(0.5)
         .build()
         .unwrap();
-    cache.set("a", s("v1")).unwrap();
+    cache.set("a", s("v1")).await.unwrap();
     clock.advance(secs(60));
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));

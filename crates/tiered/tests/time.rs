@@ -315,7 +315,7 @@ async fn ttl_jitter_spreads_expiries_within_bounds() {
         .build()
         .unwrap();
     for i in 0..200 {
-        cache.set(&format!("k{i}"), s("v")).unwrap();
+        cache.set(&format!("k{i}"), s("v")).await.unwrap();
     }
     let alive = |cache: &tiered::Cache<String>| {
         (0..200)
@@ -397,7 +397,7 @@ async fn a_batch_waits_one_soft_timeout_not_one_per_key() {
         .unwrap();
     let keys: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
     for k in &keys {
-        cache.set(k, format!("old-{k}")).unwrap();
+        cache.set(k, format!("old-{k}")).await.unwrap();
     }
     clock.advance(secs(11));
     let gate = Arc::new(tokio::sync::Notify::new());
@@ -429,12 +429,15 @@ async fn fail_safe_still_works_when_the_stale_entry_was_evicted_meanwhile() {
         .grace(secs(100))
         .build()
         .unwrap();
-    cache.set("k", s("last good")).unwrap();
+    cache.set("k", s("last good")).await.unwrap();
     clock.advance(secs(11));
     let loader: Loader<String> = Loader::new(Step::Fail("down".into()));
     let call = held_load(&cache, &loader, "k", cache.options()).await;
     for i in 0..200 {
-        cache.set(&format!("filler-{i}"), "x".repeat(100)).unwrap(); // evicts "k"
+        cache
+            .set(&format!("filler-{i}"), "x".repeat(100))
+            .await
+            .unwrap(); // evicts "k"
     }
     assert!(cache.stats().l1.evictions > 0);
     loader.release();
@@ -449,7 +452,7 @@ async fn a_row_found_absent_is_not_served_later_as_stale() {
         .grace(secs(100))
         .build()
         .unwrap();
-    cache.set("k", s("deleted row")).unwrap();
+    cache.set("k", s("deleted row")).await.unwrap();
     clock.advance(secs(11));
     // The reload finds the row gone (absence is not cached)...
     let absent: Loader<String> = Loader::new(Step::Absent);

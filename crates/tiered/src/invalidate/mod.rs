@@ -86,6 +86,8 @@ struct Records {
 pub(crate) struct Invalidations {
     stamp: AtomicU64,
     cleared_at: AtomicU64,
+    /// When `clear` last ran (nanos; 0: never), for entries read from L2.
+    cleared_time: AtomicU64,
     /// The stamp of the most recent tag invalidation; entries born at or after it
     /// skip the tag lookup entirely (the common case).
     latest_tag: AtomicU64,
@@ -100,6 +102,7 @@ impl Invalidations {
         Invalidations {
             stamp: AtomicU64::new(1),
             cleared_at: AtomicU64::new(0),
+            cleared_time: AtomicU64::new(0),
             latest_tag: AtomicU64::new(0),
             has_dependencies: std::sync::atomic::AtomicBool::new(false),
             max_lifetime: AtomicU64::new(0),
@@ -128,9 +131,29 @@ impl Invalidations {
     }
 
     /// Everything stored before now is invalid.
-    pub(crate) fn clear(&self) {
+    pub(crate) fn clear(&self, now: Timestamp) {
+        self.cleared_time
+            .fetch_max(now.as_nanos(), Ordering::SeqCst);
         let s = self.next();
         self.cleared_at.fetch_max(s, Ordering::SeqCst);
+    }
+
+    /// Whether data *created* at `created` (by any instance, read back from
+    /// L2, so it has no stamp of ours) and carrying `tags` was invalidated here
+    /// since: by `clear` or by a tag or dependency invalidation at or after
+    /// `created`. Ties count as invalidated: with a coarse or manual clock, an
+    /// invalidation and a write in the same tick are ordered the safe way.
+    pub(crate) fn outdated_at(&self, created: Timestamp, tags: &[TagId]) -> bool {
+        let cleared = self.cleared_time.load(Ordering::SeqCst);
+        if cleared != 0 && created.as_nanos() <= cleared {
+            return true;
+        }
+        if tags.is_empty() || self.latest_tag.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let records = self.records.read();
+        tags.iter()
+            .any(|tag| records.tags.get(tag).is_some_and(|&(_, at)| created <= at))
     }
 
     /// Invalidates every entry carrying any of `tags`.

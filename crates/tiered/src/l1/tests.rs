@@ -13,6 +13,8 @@ fn entry(weight: u64, lives: Duration) -> Arc<Entry<u32>> {
     Arc::new(Entry {
         value: Some(Arc::new(0)),
         born: 0,
+        version: 0,
+        created: NOW,
         refresh_at: Timestamp::MAX,
         fresh_until: until,
         stale_until: until,

@@ -118,7 +118,9 @@ impl WindowSizer {
         }
         // A slice of the hash space independent of the bits shards and
         // sketches use.
-        if (hash.rotate_left(23).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % self.rate != 0 {
+        if !(hash.rotate_left(23).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32)
+            .is_multiple_of(self.rate)
+        {
             return None;
         }
         for sim in &mut self.sims {

@@ -109,15 +109,32 @@ pub(crate) enum Joined<V, E> {
 
 type Map<V> = HashMap<Arc<str>, Arc<Flight<V>>>;
 
+/// One shard: the flights, and how many fences it has seen. A read that
+/// installs without a flight (`Cache::get` filling L1 from L2) compares the
+/// count before and after: any fence in the shard meanwhile — a `set` or
+/// `remove` of its key, or of another key in the shard — and it does not
+/// install.
+struct Shard<V> {
+    map: Map<V>,
+    fences: u64,
+}
+
 pub(crate) struct Flights<V> {
-    shards: Box<[Mutex<Map<V>>]>,
+    shards: Box<[Mutex<Shard<V>>]>,
     hasher: foldhash::fast::RandomState,
 }
 
 impl<V> Flights<V> {
     pub(crate) fn new() -> Self {
         Flights {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::new(),
+                        fences: 0,
+                    })
+                })
+                .collect(),
             hasher: foldhash::fast::RandomState::default(),
         }
     }
@@ -127,7 +144,7 @@ impl<V> Flights<V> {
     pub(crate) fn lock(&self, key: &str) -> Registry<'_, V> {
         let i = self.hasher.hash_one(key) as usize % SHARDS;
         Registry {
-            map: self.shards[i].lock(),
+            shard: self.shards[i].lock(),
         }
     }
 
@@ -135,23 +152,30 @@ impl<V> Flights<V> {
     /// shard lock; shards are taken one at a time.
     pub(crate) fn fence_all(&self) {
         for shard in self.shards.iter() {
-            for (_, flight) in shard.lock().drain() {
+            let mut shard = shard.lock();
+            shard.fences += 1;
+            for (_, flight) in shard.map.drain() {
                 flight.fence();
             }
         }
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().map.len()).sum()
     }
 }
 
 /// One locked shard of the registry.
 pub(crate) struct Registry<'a, V> {
-    map: MutexGuard<'a, Map<V>>,
+    shard: MutexGuard<'a, Shard<V>>,
 }
 
 impl<V> Registry<'_, V> {
+    /// Fences seen by this shard so far (see [`Shard`]).
+    pub(crate) fn fences(&self) -> u64 {
+        self.shard.fences
+    }
+
     /// Joins `key`'s flight, or — after `recheck` finds nothing usable — starts one
     /// with `birth`. A flight that `outdated` says predates an invalidation is not
     /// joined: it is fenced and replaced. The re-check under the lock closes the
@@ -164,20 +188,20 @@ impl<V> Registry<'_, V> {
         outdated: impl Fn(&Birth) -> bool,
         recheck: impl FnOnce() -> Option<E>,
     ) -> Joined<V, E> {
-        if let Some(flight) = self.map.get(&**key) {
+        if let Some(flight) = self.shard.map.get(&**key) {
             if !outdated(&flight.birth) {
                 return Joined::Wait(Ticket {
                     rx: flight.tx.subscribe(),
                 });
             }
             flight.fence();
-            self.map.remove(&**key);
+            self.shard.map.remove(&**key);
         }
         if let Some(found) = recheck() {
             return Joined::Found(found);
         }
         let (flight, ticket) = Flight::new(birth);
-        self.map.insert(Arc::clone(key), Arc::clone(&flight));
+        self.shard.map.insert(Arc::clone(key), Arc::clone(&flight));
         Joined::Lead(flight, ticket)
     }
 
@@ -187,26 +211,32 @@ impl<V> Registry<'_, V> {
         key: &Arc<str>,
         birth: &Arc<Birth>,
     ) -> Option<Arc<Flight<V>>> {
-        if self.map.contains_key(&**key) {
+        if self.shard.map.contains_key(&**key) {
             return None;
         }
         let (flight, _) = Flight::new(birth);
-        self.map.insert(Arc::clone(key), Arc::clone(&flight));
+        self.shard.map.insert(Arc::clone(key), Arc::clone(&flight));
         Some(flight)
     }
 
     /// Fences `key`'s flight: its result goes to the callers already waiting on it
     /// but is not stored, and later callers start a new load.
     pub(crate) fn fence(&mut self, key: &str) {
-        if let Some(flight) = self.map.remove(key) {
+        self.shard.fences += 1;
+        if let Some(flight) = self.shard.map.remove(key) {
             flight.fence();
         }
     }
 
     /// Unregisters `flight` if it is still the one registered for `key`.
     pub(crate) fn finish(&mut self, key: &str, flight: &Arc<Flight<V>>) {
-        if self.map.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            self.map.remove(key);
+        if self
+            .shard
+            .map
+            .get(key)
+            .is_some_and(|f| Arc::ptr_eq(f, flight))
+        {
+            self.shard.map.remove(key);
         }
     }
 }

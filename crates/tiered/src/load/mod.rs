@@ -29,8 +29,9 @@ use futures_util::FutureExt;
 
 use crate::cache::Inner;
 use crate::clock::Timestamp;
-use crate::entry::Entry;
+use crate::entry::{Entry, Freshness};
 use crate::error::{BoxError, Error};
+use crate::invalidate::TagId;
 use crate::options::Options;
 use crate::Value;
 
@@ -44,6 +45,10 @@ pub(crate) type LoaderCall<V> = Box<
     dyn FnOnce(Vec<String>) -> Pin<Box<dyn Future<Output = Result<Loaded<V>, BoxError>> + Send>>
         + Send,
 >;
+
+/// What a load produced for one job: its index, the value, and the entry to
+/// install (`None`: an "absent" that is not cached).
+type Produced<V> = (usize, Option<Arc<V>>, Option<Entry<V>>);
 
 /// One key a load task is responsible for.
 pub(crate) struct Job<V> {
@@ -98,14 +103,48 @@ impl<V: Value> LoadTask<V> {
         }
     }
 
-    /// Runs one loader call for the task's keys and publishes each key's outcome.
+    /// Asks L2 for the task's keys, runs one loader call for the keys L2 could
+    /// not answer, writes their results to L2 then L1, and publishes each key's
+    /// outcome.
     pub(crate) async fn run(mut self, call: LoaderCall<V>) {
         let inner = Arc::clone(&self.inner);
         let opts = Arc::clone(&self.opts);
+        // A load's version is taken when it starts: a `set` made while the
+        // loader ran has a newer one, so this load can never overwrite it in L2.
+        let version = inner.next_version();
+        let mut jobs: Vec<usize> = (0..self.jobs.len()).collect();
+        if let Some(l2) = &inner.l2 {
+            let keys: Vec<&str> = self.jobs.iter().map(|j| &*j.key).collect();
+            let found = l2.fetch::<V>(&keys).await;
+            let now = inner.clock.now();
+            jobs.clear();
+            for (i, decoded) in found.into_iter().enumerate() {
+                let job = &self.jobs[i];
+                let entry = decoded.and_then(|d| {
+                    inner.entry_from_l2(&job.key, d, &opts, self.born, now, self.refresh)
+                });
+                match entry {
+                    Some(entry) => {
+                        l2.hit();
+                        let value = entry.value.clone();
+                        inner.complete(job, Ok(value), Some(entry), now);
+                    }
+                    None => {
+                        l2.miss(1);
+                        jobs.push(i);
+                    }
+                }
+            }
+            if jobs.is_empty() {
+                self.published = true;
+                return;
+            }
+        }
+
         inner.recorder.load_started(self.refresh);
         let started = inner.clock.now();
         let wall = Instant::now();
-        let keys = self.jobs.iter().map(|j| j.key.to_string()).collect();
+        let keys = jobs.iter().map(|&i| self.jobs[i].key.to_string()).collect();
         let result = call_loader(call, keys, opts.hard_timeout).await;
         let now = inner.clock.now();
         let duration = now.saturating_since(started);
@@ -118,17 +157,28 @@ impl<V: Value> LoadTask<V> {
                 inner
                     .invalidations
                     .declare_dependencies(&opts.depends_on, now);
-                for job in &self.jobs {
-                    let value = loaded.remove(&*job.key).map(Arc::new);
-                    let entry =
-                        inner.build_entry(&job.key, value.clone(), &opts, self.born, now, duration);
-                    inner.complete(job, Ok(value), entry, now);
+                let entries: Vec<Produced<V>> = jobs
+                    .iter()
+                    .map(|&i| {
+                        let key = &self.jobs[i].key;
+                        let value = loaded.remove(&**key).map(Arc::new);
+                        let entry = inner
+                            .build_entry(key, value.clone(), &opts, self.born, now, duration)
+                            .map(|e| Entry { version, ..e });
+                        (i, value, entry)
+                    })
+                    .collect();
+                let written = self.write_l2(&entries).await;
+                for (i, value, entry) in entries {
+                    inner.complete(&self.jobs[i], Ok(value), entry, now);
                 }
+                self.retract_fenced(written, version).await;
             }
             Err(error) => {
                 tracing::debug!(cache = %inner.namespace, %error, "load failed");
                 let until = now.saturating_add(opts.failsafe_backoff);
-                for job in &self.jobs {
+                for &i in &jobs {
+                    let job = &self.jobs[i];
                     // Whoever serves the previous value meanwhile (stale fallback or
                     // a fresh entry whose refresh failed), the loader is left alone
                     // for the back-off period.
@@ -140,6 +190,54 @@ impl<V: Value> LoadTask<V> {
             }
         }
         self.published = true;
+    }
+
+    /// Writes the loaded entries that may still be installed to L2 (before L1,
+    /// so another instance missing L1 finds them). A key found absent with no
+    /// cached "absent" is deleted from L2 if it had an older value there.
+    /// Returns the jobs whose entries were written, with their entries' tags.
+    async fn write_l2(&self, entries: &[Produced<V>]) -> Vec<(usize, Box<[TagId]>)> {
+        let Some(l2) = &self.inner.l2 else {
+            return Vec::new();
+        };
+        let mut writes = Vec::new();
+        let mut written = Vec::new();
+        let mut absent = Vec::new();
+        for (i, value, entry) in entries {
+            let job = &self.jobs[*i];
+            match entry {
+                Some(entry)
+                    if !job.flight.is_fenced() && self.inner.invalidations.may_install(entry) =>
+                {
+                    if let Some(w) = l2.encode(&job.key, &entry.meta(), value.as_deref()) {
+                        writes.push(w);
+                        written.push((*i, entry.tags.clone()));
+                    }
+                }
+                Some(_) => {}
+                None if !job.flight.is_fenced() => absent.push(&*job.key),
+                None => {}
+            }
+        }
+        if !absent.is_empty() {
+            l2.remove(&absent).await;
+        }
+        l2.write(writes).await;
+        written
+    }
+
+    /// A job whose entry went to L2 but was fenced (invalidated) by the time it
+    /// would install: take the L2 copy back, unless something newer replaced it.
+    async fn retract_fenced(&self, written: Vec<(usize, Box<[TagId]>)>, version: u64) {
+        let Some(l2) = &self.inner.l2 else {
+            return;
+        };
+        for (i, tags) in written {
+            let job = &self.jobs[i];
+            if job.flight.is_fenced() || self.inner.invalidations.outdated(self.born, &tags) {
+                l2.retract(&job.key, version).await;
+            }
+        }
     }
 }
 
@@ -199,6 +297,8 @@ impl<V: Value> Inner<V> {
         Some(Entry {
             value,
             born,
+            version: 0,
+            created: now,
             refresh_at,
             fresh_until,
             stale_until: fresh_until.saturating_add(grace),
@@ -213,6 +313,58 @@ impl<V: Value> Inner<V> {
             validated_through: Default::default(),
             revoked: Default::default(),
         })
+    }
+
+    /// An L1 entry for an envelope read from L2, if it is usable: not
+    /// invalidated here since it was created, and fresh at `now` (for a
+    /// background refresh, not yet due for refresh itself — else the refresh
+    /// would just reinstall what it is meant to replace).
+    pub(crate) fn entry_from_l2(
+        &self,
+        key: &str,
+        decoded: crate::l2::envelope::Decoded<V>,
+        opts: &Options,
+        born: u64,
+        now: Timestamp,
+        refresh: bool,
+    ) -> Option<Entry<V>> {
+        let meta = decoded.meta;
+        let tags: Box<[TagId]> = meta.tags.iter().map(|t| TagId::from(t.as_str())).collect();
+        if self.invalidations.outdated_at(meta.created, &tags) {
+            return None;
+        }
+        let value = decoded.value.map(Arc::new);
+        let weight = match &value {
+            Some(v) => (self.weigher)(key, v),
+            None => NEGATIVE_WEIGHT,
+        };
+        let entry = Entry {
+            value,
+            born,
+            version: meta.version,
+            created: meta.created,
+            refresh_at: meta.refresh_at,
+            fresh_until: meta.fresh_until,
+            stale_until: meta.stale_until,
+            ttl: meta.ttl,
+            load_duration: meta.load_duration,
+            xfetch_beta: opts.xfetch,
+            tags,
+            weight: weight.saturating_add(key.len() as u64),
+            adaptive: opts.adaptive_ttl,
+            hits: Default::default(),
+            retry_after: Default::default(),
+            validated_through: Default::default(),
+            revoked: Default::default(),
+        };
+        match entry.freshness(now) {
+            Freshness::Fresh => {}
+            Freshness::RefreshAhead if !refresh => {}
+            _ => return None,
+        }
+        self.invalidations
+            .note_lifetime(entry.stale_until.saturating_since(now));
+        Some(entry)
     }
 
     /// Adaptive TTL: double the previous entry's TTL if it was hit enough.

@@ -1,0 +1,410 @@
+//! [`RedisL2`]: the [`L2`] on Redis, standalone or Cluster.
+//!
+//! One multiplexed connection per node, shared by every task: concurrent calls
+//! are pipelined on it automatically (the `redis` crate's
+//! `ConnectionManager`, which also reconnects after a failure; on a cluster,
+//! its cluster connection, which follows slot moves). The connection is made
+//! on first use, so building a cache never waits for — or fails on — a Redis
+//! that is down; the breaker takes it from there.
+//!
+//! Multi-key calls (`MGET`, `DEL`) go out as one command; on a cluster the
+//! `redis` crate splits them per slot and sends the parts concurrently. Keys
+//! sharing a hash tag (`{...}` in the cache key, see [`super::layout`]) share a
+//! slot. Conditional writes are small Lua scripts comparing the envelope's
+//! version bytes, one per key, all sent at once.
+
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, TlsCertificates, Value as RValue};
+use tokio::sync::OnceCell;
+
+use super::{L2Error, L2Future, L2Write, L2};
+use crate::error::{Error, Result};
+
+/// Byte-wise "a < b" for two 8-byte big-endian versions. (Lua's `<` on strings
+/// uses the server's collation locale, which is not byte order.)
+const OLDER: &str = r"
+local function older(a, b)
+  for i = 1, 8 do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return false
+end
+";
+
+/// KEYS[1]; ARGV: value, ttl ms, version (8 bytes). Stores unless a valid
+/// envelope with the same or a newer version is there.
+const SET_IF_NEWER: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and string.len(cur) >= 9 and string.byte(cur, 1) == 1
+   and not older(string.sub(cur, 2, 9), ARGV[3]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// KEYS[1]; ARGV: value, ttl ms, expected version (8 bytes, or empty: absent).
+const COMPARE_AND_SET: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if ARGV[3] == '' then
+  if cur then return 0 end
+elseif not cur or string.sub(cur, 2, 9) ~= ARGV[3] or string.byte(cur, 1) ~= 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// KEYS[1]; ARGV: version (8 bytes).
+const DELETE_VERSION: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur and string.byte(cur, 1) == 1 and string.sub(cur, 2, 9) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// KEYS[1]; ARGV: increment, ttl ms. The TTL is set when the key has none
+/// (it was just created), so a rate-limit window starts at its first hit.
+const INCR: &str = r"
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return v
+";
+
+/// Where to connect. (One per cache, built once: its size does not matter.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Target {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection to either kind of deployment.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, RValue> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<RValue>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Redis as the L2 tier. Build with [`RedisL2::builder`] (or give the cache
+/// builder a URL: [`crate::CacheBuilder::redis`]).
+///
+/// URLs: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS.
+pub struct RedisL2 {
+    target: Target,
+    conn: OnceCell<Conn>,
+    set_if_newer: Script,
+    compare_and_set: Script,
+    delete_version: Script,
+    incr: Script,
+}
+
+impl std::fmt::Debug for RedisL2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.target {
+            Target::Single(_) => "standalone",
+            Target::Cluster(_) => "cluster",
+        };
+        // No URL: it may hold a password.
+        f.debug_struct("RedisL2")
+            .field("kind", &kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisL2`].
+#[derive(Debug, Clone)]
+pub struct RedisL2Builder {
+    urls: Vec<String>,
+    cluster: bool,
+    root_cert: Option<Vec<u8>>,
+    connect_timeout: Duration,
+}
+
+impl RedisL2Builder {
+    /// Trusts this CA certificate (PEM) for `rediss://` instead of the system's
+    /// roots (for private CAs).
+    pub fn root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_cert = Some(pem.into());
+        self
+    }
+
+    /// How long connecting may take (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Checks the URLs and builds. Does not connect (see the module docs).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a URL that does not parse, a cluster with no
+    /// seed, or a CA certificate given for a non-TLS URL.
+    pub fn build(self) -> Result<RedisL2> {
+        let bad = |e: redis::RedisError| Error::InvalidConfig(format!("Redis URL: {e}"));
+        if self.urls.is_empty() {
+            return Err(Error::InvalidConfig("no Redis URL given".into()));
+        }
+        let certs = || TlsCertificates {
+            client_tls: None,
+            root_cert: self.root_cert.clone(),
+        };
+        if self.root_cert.is_some() && !self.urls.iter().all(|u| u.starts_with("rediss://")) {
+            return Err(Error::InvalidConfig(
+                "a CA certificate was given but the Redis URL is not rediss://".into(),
+            ));
+        }
+        let target = if self.cluster {
+            let mut b = redis::cluster::ClusterClientBuilder::new(self.urls.clone())
+                .connection_timeout(self.connect_timeout);
+            if self.root_cert.is_some() {
+                b = b.certs(certs());
+            }
+            Target::Cluster(b.build().map_err(bad)?)
+        } else {
+            let [url] = &self.urls[..] else {
+                return Err(Error::InvalidConfig(
+                    "several URLs given for a standalone Redis; use RedisL2::cluster".into(),
+                ));
+            };
+            let client = match self.root_cert {
+                Some(_) => redis::Client::build_with_tls(url.as_str(), certs()),
+                None => redis::Client::open(url.as_str()),
+            };
+            Target::Single(client.map_err(bad)?)
+        };
+        Ok(RedisL2 {
+            target,
+            conn: OnceCell::new(),
+            set_if_newer: Script::new(&format!("{OLDER}{SET_IF_NEWER}")),
+            compare_and_set: Script::new(COMPARE_AND_SET),
+            delete_version: Script::new(DELETE_VERSION),
+            incr: Script::new(INCR),
+        })
+    }
+}
+
+impl RedisL2 {
+    /// A standalone Redis at `url`.
+    pub fn builder(url: impl Into<String>) -> RedisL2Builder {
+        RedisL2Builder {
+            urls: vec![url.into()],
+            cluster: false,
+            root_cert: None,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// A Redis Cluster, discovered from any of `seeds`.
+    pub fn cluster<I, S>(seeds: I) -> RedisL2Builder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisL2Builder {
+            urls: seeds.into_iter().map(Into::into).collect(),
+            cluster: true,
+            root_cert: None,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    async fn conn(&self) -> Result<Conn, L2Error> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                match &self.target {
+                    Target::Single(client) => {
+                        // Retries are the breaker's job; the manager only
+                        // reconnects in the background after a failure.
+                        let config = ConnectionManagerConfig::new()
+                            .set_number_of_retries(1)
+                            .set_min_delay(Duration::from_millis(50))
+                            .set_max_delay(Duration::from_secs(1))
+                            .set_connection_timeout(Some(Duration::from_secs(1)));
+                        client
+                            .get_connection_manager_with_config(config)
+                            .await
+                            .map(Conn::Single)
+                    }
+                    Target::Cluster(client) => {
+                        client.get_async_connection().await.map(Conn::Cluster)
+                    }
+                }
+            })
+            .await
+            .map_err(backend)?;
+        Ok(conn.clone())
+    }
+}
+
+fn backend(e: redis::RedisError) -> L2Error {
+    L2Error::Backend(e.to_string())
+}
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl L2 for RedisL2 {
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> L2Future<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut conn = self.conn().await?;
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            if values.len() != keys.len() {
+                return Err(L2Error::Backend(format!(
+                    "MGET of {} keys returned {} values",
+                    keys.len(),
+                    values.len()
+                )));
+            }
+            Ok(values)
+        })
+    }
+
+    fn set_if_newer(&self, writes: Vec<L2Write>) -> L2Future<'_, Vec<bool>> {
+        Box::pin(async move {
+            let conn = self.conn().await?;
+            let calls = writes.iter().map(|w| {
+                let mut conn = conn.clone();
+                async move {
+                    self.set_if_newer
+                        .key(&w.key)
+                        .arg(&w.value[..])
+                        .arg(millis(w.ttl))
+                        .arg(&w.version.to_be_bytes()[..])
+                        .invoke_async::<i64>(&mut conn)
+                        .await
+                        .map(|stored| stored == 1)
+                }
+            });
+            try_join_all(calls).await.map_err(backend)
+        })
+    }
+
+    fn compare_and_set(&self, write: L2Write, expected: Option<u64>) -> L2Future<'_, bool> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let expected = expected.map(u64::to_be_bytes);
+            let stored: i64 = self
+                .compare_and_set
+                .key(&write.key)
+                .arg(&write.value[..])
+                .arg(millis(write.ttl))
+                .arg(expected.as_ref().map_or(&[][..], |e| &e[..]))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(stored == 1)
+        })
+    }
+
+    fn delete<'a>(&'a self, keys: &'a [String]) -> L2Future<'a, u64> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let mut conn = self.conn().await?;
+            redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn delete_version<'a>(&'a self, key: &'a str, version: u64) -> L2Future<'a, bool> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let n: i64 = self
+                .delete_version
+                .key(key)
+                .arg(&version.to_be_bytes()[..])
+                .invoke_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn ttl<'a>(&'a self, key: &'a str) -> L2Future<'a, Option<Duration>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            // -2: no key; -1: no expiry.
+            Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+        })
+    }
+
+    fn incr<'a>(&'a self, key: &'a str, by: i64, ttl: Duration) -> L2Future<'a, i64> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            self.incr
+                .key(key)
+                .arg(by)
+                .arg(millis(ttl))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn ping(&self) -> L2Future<'_, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+}

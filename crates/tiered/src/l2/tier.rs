@@ -1,0 +1,415 @@
+//! What the cache wraps around an [`L2`]: keys, envelopes, timeouts, the
+//! breaker, replay of writes kept during an outage, bad-data handling and
+//! statistics. Nothing in here returns an L2 error to a reading caller: a
+//! failure is a miss.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::Either;
+use parking_lot::Mutex;
+
+use super::breaker::{Breaker, BreakerState, Transition};
+use super::envelope::{self, Decoded, Format, Meta};
+use super::layout::Layout;
+use super::pending::{Op, Pending};
+use super::{L2Config, L2Error, L2Write, L2};
+use crate::clock::Clock;
+use crate::metrics::L2Handles;
+use crate::stats::Counter;
+
+/// How many keys whose bad data is logged one by one; past that, bad data is
+/// only counted (a flood of garbage must not become a flood of logs).
+const MAX_LOGGED_BAD_KEYS: usize = 1024;
+/// Replay batch size.
+const REPLAY_BATCH: usize = 256;
+
+/// Counters behind `Stats::l2`.
+#[derive(Default)]
+struct Counters {
+    hits: Counter,
+    misses: Counter,
+    errors: Counter,
+    bad_data: Counter,
+    writes: Counter,
+    pending_dropped: Counter,
+    replayed: Counter,
+}
+
+/// A snapshot of the L2 tier's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct L2Stats {
+    /// Lookups L2 answered with a usable entry.
+    pub hits: u64,
+    /// Lookups L2 could not answer (absent, expired, invalidated, bad data, or
+    /// L2 unreachable).
+    pub misses: u64,
+    /// Calls that failed or timed out (the breaker counts these).
+    pub errors: u64,
+    /// Values found unreadable, deleted and counted as misses.
+    pub bad_data: u64,
+    /// Entries written.
+    pub writes: u64,
+    /// Writes and removals waiting for L2 to come back.
+    pub pending: u64,
+    /// Writes and removals dropped because the pending bound was reached.
+    pub pending_dropped: u64,
+    /// Pending writes and removals replayed after L2 came back.
+    pub replayed: u64,
+    /// The circuit breaker.
+    pub breaker: BreakerState,
+}
+
+pub(crate) struct Tier {
+    backend: Arc<dyn L2>,
+    pub layout: Layout,
+    format: Format,
+    timeout: Duration,
+    max_pending: usize,
+    breaker: Breaker,
+    pending: Pending,
+    replaying: AtomicBool,
+    clock: Arc<dyn Clock>,
+    namespace: Arc<str>,
+    last_version: AtomicU64,
+    logged_bad: Mutex<HashSet<String>>,
+    counters: Counters,
+    metrics: L2Handles,
+}
+
+impl Tier {
+    pub(crate) fn new(
+        backend: Arc<dyn L2>,
+        config: L2Config,
+        namespace: Arc<str>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Tier {
+            backend,
+            layout: Layout::new(&config.prefix, config.tenant.as_deref(), &namespace),
+            format: Format {
+                codec: config.codec,
+                compression: config.compression,
+                encryption: config.encryption,
+                max_value_bytes: config.max_value_bytes,
+            },
+            timeout: config.timeout,
+            max_pending: config.max_pending,
+            breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
+            pending: Pending::default(),
+            replaying: AtomicBool::new(false),
+            metrics: L2Handles::register(&namespace),
+            clock,
+            namespace,
+            last_version: AtomicU64::new(0),
+            logged_bad: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> L2Stats {
+        let breaker = self.breaker.state();
+        let pending = self.pending.len() as u64;
+        self.metrics.breaker.set(breaker.as_gauge());
+        self.metrics.pending.set(pending as f64);
+        let c = &self.counters;
+        L2Stats {
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            errors: c.errors.get(),
+            bad_data: c.bad_data.get(),
+            writes: c.writes.get(),
+            pending,
+            pending_dropped: c.pending_dropped.get(),
+            replayed: c.replayed.get(),
+            breaker,
+        }
+    }
+
+    /// A version for a write starting now: the clock's nanoseconds, kept
+    /// strictly increasing within the process. Across processes, versions
+    /// order writes as well as the clocks agree.
+    pub(crate) fn next_version(&self) -> u64 {
+        let now = self.clock.now().as_nanos();
+        let mut last = self.last_version.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last.saturating_add(1));
+            match self.last_version.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
+    }
+
+    /// Runs one backend call through the breaker and the timeout.
+    async fn call<T>(
+        self: &Arc<Self>,
+        f: impl Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, L2Error> {
+        if !self.breaker.allow(self.clock.now()) {
+            return Err(L2Error::BreakerOpen);
+        }
+        let result = match crate::load::sleep_until(tokio::time::Instant::now() + self.timeout) {
+            Some(sleep) => {
+                match futures_util::future::select(std::pin::pin!(f), std::pin::pin!(sleep)).await {
+                    Either::Left((result, _)) => result,
+                    Either::Right(_) => Err(L2Error::Timeout(self.timeout)),
+                }
+            }
+            // Timers disabled: the backend's own timeouts are all there is.
+            None => f.await,
+        };
+        match &result {
+            Ok(_) => {
+                if self.breaker.success() == Transition::Closed {
+                    tracing::info!(cache = %self.namespace, "L2 is reachable again; breaker closed");
+                }
+                if self.pending.len() > 0 {
+                    self.start_replay();
+                }
+            }
+            Err(error) => {
+                self.counters.errors.incr();
+                self.metrics.errors.increment(1);
+                if self.breaker.failure(self.clock.now()) == Transition::Opened {
+                    tracing::warn!(cache = %self.namespace, %error, "L2 failing; breaker open");
+                } else {
+                    tracing::debug!(cache = %self.namespace, %error, "L2 call failed");
+                }
+            }
+        }
+        result
+    }
+
+    /// The entries at `keys` (in order); `None` for a miss of any kind.
+    pub(crate) async fn fetch<V: crate::Value>(
+        self: &Arc<Self>,
+        keys: &[&str],
+    ) -> Vec<Option<Decoded<V>>> {
+        let redis_keys: Vec<String> = keys.iter().map(|k| self.layout.entry(k)).collect();
+        let raw = match self.call(self.backend.get_many(&redis_keys)).await {
+            Ok(raw) => raw,
+            Err(_) => return keys.iter().map(|_| None).collect(),
+        };
+        let mut bad = Vec::new();
+        let out = raw
+            .into_iter()
+            .zip(redis_keys)
+            .map(|(bytes, redis_key)| {
+                let bytes = bytes?;
+                match envelope::decode::<V>(&bytes, &self.format, &redis_key) {
+                    Ok(decoded) => Some(decoded),
+                    Err(reason) => {
+                        self.bad_data(&redis_key, &reason);
+                        bad.push(redis_key);
+                        None
+                    }
+                }
+            })
+            .collect();
+        if !bad.is_empty() {
+            // Best effort: if this fails, the next reader deletes it.
+            let _ = self.call(self.backend.delete(&bad)).await;
+        }
+        out
+    }
+
+    fn bad_data(&self, redis_key: &str, reason: &str) {
+        self.counters.bad_data.incr();
+        self.metrics.bad_data.increment(1);
+        let mut logged = self.logged_bad.lock();
+        if logged.len() < MAX_LOGGED_BAD_KEYS && logged.insert(redis_key.to_owned()) {
+            tracing::warn!(cache = %self.namespace, key = %redis_key, %reason,
+                "unreadable value in L2: deleted, treated as a miss");
+        }
+    }
+
+    pub(crate) fn hit(&self) {
+        self.counters.hits.incr();
+        self.metrics.hit.increment(1);
+    }
+
+    pub(crate) fn miss(&self, n: usize) {
+        self.counters.misses.add(n as u64);
+        self.metrics.miss.increment(n as u64);
+    }
+
+    /// Encodes an entry; `None` (logged) if the value cannot be serialized.
+    pub(crate) fn encode<V: crate::Value>(
+        &self,
+        key: &str,
+        meta: &Meta,
+        value: Option<&V>,
+    ) -> Option<L2Write> {
+        let redis_key = self.layout.entry(key);
+        match envelope::encode(meta, value, &self.format, &redis_key) {
+            Ok(bytes) => Some(L2Write {
+                key: redis_key,
+                value: bytes,
+                ttl: meta
+                    .stale_until
+                    .saturating_since(self.clock.now())
+                    .max(Duration::from_millis(1)),
+                version: meta.version,
+            }),
+            Err(error) => {
+                tracing::warn!(cache = %self.namespace, %key, %error, "value not written to L2: cannot encode");
+                None
+            }
+        }
+    }
+
+    /// Stores `writes` (version-guarded). Writes that cannot reach L2 are kept
+    /// for replay.
+    pub(crate) async fn write(self: &Arc<Self>, writes: Vec<L2Write>) {
+        if writes.is_empty() {
+            return;
+        }
+        let n = writes.len() as u64;
+        let keep: Vec<(String, Op)> = writes
+            .iter()
+            .map(|w| {
+                let op = Op::Write {
+                    value: w.value.clone(),
+                    version: w.version,
+                    stale_until: self.clock.now().saturating_add(w.ttl),
+                };
+                (w.key.clone(), op)
+            })
+            .collect();
+        match self.call(self.backend.set_if_newer(writes)).await {
+            Ok(_) => {
+                self.counters.writes.add(n);
+                for (key, _) in &keep {
+                    self.pending.forget(key);
+                }
+            }
+            Err(_) => {
+                for (key, op) in keep {
+                    self.keep(key, op);
+                }
+            }
+        }
+    }
+
+    /// Deletes the entries at `keys`; returns whether any existed. Removals
+    /// that cannot reach L2 are kept for replay (and report `false`).
+    pub(crate) async fn remove(self: &Arc<Self>, keys: &[&str]) -> bool {
+        let redis_keys: Vec<String> = keys.iter().map(|k| self.layout.entry(k)).collect();
+        match self.call(self.backend.delete(&redis_keys)).await {
+            Ok(n) => {
+                for key in &redis_keys {
+                    self.pending.forget(key);
+                }
+                n > 0
+            }
+            Err(_) => {
+                for key in redis_keys {
+                    self.keep(key, Op::Remove);
+                }
+                false
+            }
+        }
+    }
+
+    /// Deletes `key` if it still holds `version` (undoing a write that lost a
+    /// race with an invalidation).
+    pub(crate) async fn retract(self: &Arc<Self>, key: &str, version: u64) {
+        let redis_key = self.layout.entry(key);
+        if self
+            .call(self.backend.delete_version(&redis_key, version))
+            .await
+            .is_err()
+        {
+            self.keep(redis_key, Op::Remove);
+        }
+    }
+
+    /// Runs a utility call (no fallback: its caller gets the error).
+    pub(crate) async fn direct<T>(
+        self: &Arc<Self>,
+        f: impl Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, L2Error> {
+        self.call(f).await
+    }
+
+    pub(crate) fn backend(&self) -> &dyn L2 {
+        &*self.backend
+    }
+
+    fn keep(&self, key: String, op: Op) {
+        if !self.pending.keep(key, op, self.max_pending) {
+            self.counters.pending_dropped.incr();
+            tracing::error!(cache = %self.namespace,
+                "L2 pending-write bound reached: a write or removal was dropped; \
+                 that key may serve an older L2 value until it expires");
+        }
+    }
+
+    /// Replays pending operations in the background, one replay at a time.
+    fn start_replay(self: &Arc<Self>) {
+        if self.replaying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.replaying.store(false, Ordering::Release);
+            return;
+        };
+        let tier = Arc::clone(self);
+        runtime.spawn(async move {
+            tier.replay().await;
+            tier.replaying.store(false, Ordering::Release);
+        });
+    }
+
+    async fn replay(self: &Arc<Self>) {
+        loop {
+            let batch = self.pending.drain(REPLAY_BATCH, self.clock.now());
+            let n = (batch.writes.len() + batch.removes.len()) as u64;
+            if n == 0 {
+                return;
+            }
+            let removed = self.call(self.backend.delete(&batch.removes)).await;
+            let written = match removed {
+                Ok(_) => self
+                    .call(self.backend.set_if_newer(batch.writes.clone()))
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(()) => {
+                    self.counters.replayed.add(n);
+                    tracing::debug!(cache = %self.namespace, n, "replayed pending L2 operations");
+                }
+                Err(_) => {
+                    // Still down: keep them (a newer op for a key wins) and
+                    // wait for the next successful call to try again.
+                    self.pending.restore(batch, self.clock.now());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decodes the entry at `key` directly (for the utilities).
+    pub(crate) fn decode<V: crate::Value>(&self, key: &str, bytes: &[u8]) -> Option<Decoded<V>> {
+        let redis_key = self.layout.entry(key);
+        match envelope::decode::<V>(bytes, &self.format, &redis_key) {
+            Ok(d) => Some(d),
+            Err(reason) => {
+                self.bad_data(&redis_key, &reason);
+                None
+            }
+        }
+    }
+}
