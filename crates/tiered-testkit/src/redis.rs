@@ -131,11 +131,11 @@ impl RedisServer {
             cmd.args(["--port", &port]);
         }
         if self.config.acl {
-            cmd.args([
-                "--user",
-                &format!("{ACL_USER} on >{ACL_PASSWORD} ~* &* +@all"),
-            ])
-            .args(["--user", "default off"]);
+            // One argument per word: redis-server joins them into the
+            // `user` directive (a single quoted argument would be one word).
+            let password = format!(">{ACL_PASSWORD}");
+            cmd.args(["--user", ACL_USER, "on", &password, "~*", "&*", "+@all"])
+                .args(["--user", "default", "off"]);
         }
         if self.config.cluster {
             cmd.args(["--cluster-enabled", "yes"])
