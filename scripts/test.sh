@@ -7,9 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Programs the tests need, as "command:debian-package". None yet: the L1-only
-# engine needs nothing outside cargo. The Redis tier adds redis-server here.
-REQUIRED=()
+# Programs the tests need, as "command:debian-package": private Redis servers
+# and clusters (tiered-testkit starts them on free ports), and openssl for the
+# test CA of the TLS tests.
+REQUIRED=(redis-server:redis-server redis-cli:redis-tools openssl:openssl)
 
 need() {
   local cmd=${1%%:*} pkg=${1##*:}
@@ -26,7 +27,16 @@ need() {
 command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }
 for req in "${REQUIRED[@]+"${REQUIRED[@]}"}"; do need "$req"; done
 
-# Every example runs to completion (they print what they did).
+# Every example runs to completion (they print what they did). Examples that
+# use Redis get a private server on a Unix socket (no port to collide with,
+# and the machine's own Redis is left alone).
+redis_dir=$(mktemp -d)
+redis-server --port 0 --unixsocket "$redis_dir/redis.sock" --save "" --appendonly no \
+  --dir "$redis_dir" --daemonize no >"$redis_dir/log" 2>&1 &
+redis_pid=$!
+trap 'kill $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
+for _ in $(seq 100); do [ -S "$redis_dir/redis.sock" ] && break; sleep 0.1; done
+export REDIS_URL="redis+unix://$redis_dir/redis.sock"
 for example in crates/tiered/examples/*.rs; do
   name=$(basename "$example" .rs)
   echo "--- example $name"
@@ -42,7 +52,7 @@ cargo run --quiet -p tiered-bench --bin hit-ratio -- --only gli,loop
 
 # Unit, integration and doc tests of every crate (last, so its summary closes the run).
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; kill $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 # One total for the whole suite, in the plain "N passed, N failed" form.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
