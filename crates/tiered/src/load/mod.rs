@@ -335,7 +335,9 @@ impl<V: Value> Inner<V> {
         }
         let value = decoded.value.map(Arc::new);
         let weight = match &value {
-            Some(v) => (self.weigher)(key, v),
+            // Weighing can cost a full traversal of the value; only L1 needs it.
+            Some(v) if self.l1_enabled => (self.weigher)(key, v),
+            Some(_) => 0,
             None => NEGATIVE_WEIGHT,
         };
         let entry = Entry {
