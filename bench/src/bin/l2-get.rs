@@ -113,7 +113,7 @@ fn redis_benchmark(port: u16, requests: usize, pipeline: usize) -> Result<f64, S
         .map_err(|e| format!("redis-benchmark: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "GET: 123456.78 requests per second, p50=0.263 msec"
-    text.split(|c| c == '\r' || c == '\n')
+    text.split(['\r', '\n'])
         .filter_map(|line| line.trim().strip_prefix("GET: "))
         .filter_map(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
         .next_back()
