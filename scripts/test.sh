@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # Programs the tests need, as "command:debian-package": private Redis servers
 # and clusters (tiered-testkit starts them on free ports), and openssl for the
 # test CA of the TLS tests.
-REQUIRED=(redis-server:redis-server redis-cli:redis-tools openssl:openssl)
+REQUIRED=(redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools openssl:openssl)
 
 need() {
   local cmd=${1%%:*} pkg=${1##*:}
@@ -47,8 +47,14 @@ done
 # targets are not asserted here — BENCHMARKS.md records the full runs).
 echo "--- bench smoke: l1-hit"
 cargo run --quiet -p tiered-bench --bin l1-hit -- --threads 1 --ops 20000 --rounds 1
+echo "--- bench smoke: l2-get"
+cargo run --quiet -p tiered-bench --bin l2-get -- --ops 6400 --rounds 1
 echo "--- bench smoke: hit-ratio on gli and loop"
 cargo run --quiet -p tiered-bench --bin hit-ratio -- --only gli,loop
+
+# The optional zstd codec path (a cargo feature, so not in the default build).
+echo "--- L2 codecs with the zstd feature"
+cargo test --quiet -p tiered --features zstd --test l2 every_codec
 
 # Unit, integration and doc tests of every crate (last, so its summary closes the run).
 log=$(mktemp)

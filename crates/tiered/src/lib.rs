@@ -41,13 +41,15 @@
 //! 2. **Miss**: if an [existence filter](BloomFilter) is set and says the key
 //!    cannot exist, return "absent". Otherwise join the key's running load or start
 //!    one — one loader call per key at a time ([single-flight](load::flight)).
+//!    The load asks **L2** first (if configured, see [`l2`]): a fresh entry there
+//!    is installed in L1 with its remaining lifetime and the loader does not run.
 //!    Loads run as tokio tasks on the caller's runtime, which needs timers enabled
 //!    (`#[tokio::main]` does that) for loader timeouts.
 //! 3. **Load fails or is slow**: if a stale value is within its grace window,
 //!    return it ([fail-safe](load::failsafe)), and back off the loader for a while.
 //!    The error is never cached.
-//! 4. **Install**: store the value unless the key was invalidated while the loader
-//!    ran ([fencing](invalidate)).
+//! 4. **Install**: store the value — in L2, then L1 — unless the key was
+//!    invalidated while the loader ran ([fencing](invalidate)).
 //!
 //! # Choosing options
 //!
@@ -59,8 +61,10 @@
 //! * `ttl_jitter` spreads expiries of keys loaded together (after a deploy, a warm).
 //! * `negative_ttl` keeps "not found" from reaching the database every time.
 //!
-//! The in-process tier is bounded in **bytes** (see [`l1`]). Distributed tiers
-//! (Redis), a backplane and write paths come in later versions.
+//! The in-process tier is bounded in **bytes** (see [`l1`]). The distributed tier
+//! is Redis, standalone or Cluster ([`l2`]): add it with
+//! [`CacheBuilder::redis`]. A backplane keeping every instance's L1 coherent and
+//! the write paths come in later versions.
 //!
 //! # Time
 //!
