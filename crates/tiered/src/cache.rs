@@ -19,7 +19,7 @@ use crate::filter::BloomFilter;
 use crate::invalidate::{self, Birth, Invalidations, TagId};
 use crate::key::validate_key;
 use crate::l1::L1;
-use crate::l2::tier::Tier;
+use crate::l2::tier::{Tier, WriteMode};
 use crate::load::flight::{Flights, Joined, Ticket};
 use crate::load::{Job, LoadTask, Loaded, LoaderCall};
 use crate::options::{validate_tag, Options};
@@ -340,14 +340,30 @@ impl<V: Value> Cache<V> {
                 version: inner.next_version(),
                 ..e
             });
-        if let (Some(l2), Some(entry)) = (&inner.l2, &entry) {
-            // L2 first: a load that reads L2 before this write lands started
-            // before the fence below, which keeps it out of L1.
-            if let Some(write) = l2.encode(key, &entry.meta(), Some(&*value)) {
-                l2.write(vec![write]).await;
+        let Some(l2) = inner.l2.clone() else {
+            inner.replace(key, entry, now);
+            return Ok(());
+        };
+        // L2 first: a load that reads L2 before this write lands started
+        // before the fence in `replace`, which keeps it out of L1. The two
+        // steps run as one task, so a caller that stops waiting (a dropped
+        // request) cannot leave them half done.
+        let write = entry
+            .as_ref()
+            .and_then(|e| l2.encode(key, &e.meta(), Some(&*value)));
+        let (inner, key) = (Arc::clone(inner), key.to_owned());
+        finish_in_task(async move {
+            match write {
+                Some(write) => l2.write(vec![write], WriteMode::Overwrite).await,
+                // Cannot be encoded for L2: at least do not leave the old
+                // value there.
+                None => {
+                    l2.remove(&[&key]).await;
+                }
             }
-        }
-        inner.replace(key, entry, now);
+            inner.replace(&key, entry, now);
+        })
+        .await;
         Ok(())
     }
 
@@ -355,8 +371,9 @@ impl<V: Value> Cache<V> {
     /// already running will not store its result; entries that depend on `key`
     /// are invalidated. Returns whether an entry was removed from a tier.
     ///
-    /// If L2 cannot be reached, the call still succeeds: the removal is kept and
-    /// replayed when L2 is back, so it is never lost to an outage.
+    /// If L2 cannot be reached, the call still succeeds: the removal is kept
+    /// (in memory, bounded — see [`crate::l2::pending`]) and replayed when L2 is
+    /// back; meanwhile this instance does not read the key back from L2.
     ///
     /// # Errors
     ///
@@ -364,19 +381,23 @@ impl<V: Value> Cache<V> {
     pub async fn remove(&self, key: &str) -> Result<bool> {
         validate_key(key)?;
         let inner = &self.inner;
-        let in_l2 = match &inner.l2 {
-            // L2 first: a load that read the old value before the delete
-            // started before the fence below, which keeps it out of L1.
-            Some(l2) => l2.remove(&[key]).await,
-            None => false,
+        let removed = inner.remove_from_l1(key);
+        let Some(l2) = inner.l2.clone() else {
+            return Ok(removed);
         };
-        let removed = {
-            let mut registry = inner.flights.lock(key);
-            registry.fence(key);
-            inner.l1.remove(key).inspect(|old| old.revoke()).is_some()
-        };
-        inner.invalidations.key_changed(key, inner.clock.now());
-        Ok(removed || in_l2)
+        // Fenced before the `DEL` (above) and after it (below): a load that
+        // wrote the old value to L2 after the `DEL` sees the first fence and
+        // retracts its write; a load that read the old value before the `DEL`
+        // landed sees the second and stays out of L1. One task, so a caller
+        // that stops waiting cannot leave this half done.
+        let (inner, key) = (Arc::clone(inner), key.to_owned());
+        let in_l2 = finish_in_task(async move {
+            let in_l2 = l2.remove(&[&key]).await;
+            inner.remove_from_l1(&key);
+            in_l2
+        })
+        .await;
+        Ok(removed || in_l2.unwrap_or(false))
     }
 
     /// Drops every entry carrying `tag`, in amortized O(1): the entries are discarded when
@@ -519,9 +540,19 @@ impl<V: Value> Inner<V> {
         entry.value.clone()
     }
 
-    /// Stores an entry in L1 and counts the evictions it caused.
+    /// Stores an entry in L1 and counts the evictions it caused. An entry
+    /// older (by version) than the one L1 holds is not stored: a read of L2
+    /// that raced a newer write must not replace it.
     pub(crate) fn store(&self, key: Arc<str>, entry: Entry<V>, now: Timestamp) {
         if !self.l1_enabled {
+            return;
+        }
+        if entry.version != 0
+            && self
+                .l1
+                .peek(&key)
+                .is_some_and(|held| held.version > entry.version && !held.is_revoked())
+        {
             return;
         }
         let inserted = self.l1.insert(key, Arc::new(entry), now);
@@ -561,6 +592,18 @@ impl<V: Value> Inner<V> {
         if let Some(filter) = &self.filter {
             filter.insert(key);
         }
+    }
+
+    /// Fences loads of `key`, drops and revokes its L1 entry, invalidates its
+    /// dependants. Returns whether L1 held an entry.
+    fn remove_from_l1(&self, key: &str) -> bool {
+        let removed = {
+            let mut registry = self.flights.lock(key);
+            registry.fence(key);
+            self.l1.remove(key).inspect(|old| old.revoke()).is_some()
+        };
+        self.invalidations.key_changed(key, self.clock.now());
+        removed
     }
 
     /// A version for a write starting now (0 without L2, where nothing reads it).
@@ -866,6 +909,18 @@ impl<V: Value> Inner<V> {
         // unregisters them.
         let task = LoadTask::new(Arc::clone(self), jobs, opts, born, refresh);
         runtime.spawn(task.run(call));
+    }
+}
+
+/// Runs `work` as its own task and waits for it, so it completes even if the
+/// caller's future is dropped; without a runtime, runs it inline. `None` if the
+/// task panicked or its runtime shut down.
+async fn finish_in_task<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime.spawn(work).await.ok(),
+        Err(_) => Some(work.await),
     }
 }
 

@@ -190,6 +190,7 @@ async fn every_codec_compression_and_encryption_round_trips() {
     let redis = RedisServer::start();
     let clock = ManualClock::new();
     let key = Encryption::new(1, [7; 32]);
+    #[cfg_attr(not(feature = "zstd"), allow(unused_mut))]
     let mut compressions = vec![Compression::None, Compression::Lz4 { min_bytes: 64 }];
     #[cfg(feature = "zstd")]
     compressions.push(Compression::Zstd {
@@ -550,4 +551,23 @@ async fn a_tag_invalidated_here_is_not_read_back_from_l2() {
         Some(s("reloaded"))
     );
     assert_eq!(loader.calls(), 1, "the L2 copy predates the invalidation");
+}
+
+#[tokio::test]
+async fn an_entry_read_from_l2_keeps_its_dependencies() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let b = on(&redis, &clock).build().unwrap();
+    let opts = b.options().depends_on("org:1");
+    b.set_with("profile", s("built from org 1"), &opts)
+        .await
+        .unwrap();
+    let a = on(&redis, &clock).build().unwrap();
+    assert_eq!(val(a.get("profile").await), Some(s("built from org 1")));
+    assert!(a.contains("profile").unwrap());
+    clock.advance(secs(1));
+    // `a` never loaded the profile itself, yet removing what it depends on
+    // invalidates `a`'s copy.
+    a.remove("org:1").await.unwrap();
+    assert!(!a.contains("profile").unwrap());
 }

@@ -133,15 +133,32 @@ pub(crate) fn decompress(id: u8, data: Vec<u8>, limit: usize) -> Result<Vec<u8>,
                 .split_first_chunk::<4>()
                 .ok_or("lz4 payload shorter than its size prefix")?;
             let size = u32::from_le_bytes(*size) as usize;
-            if size > limit {
+            // LZ4 cannot expand data more than ~255×: a larger claim is a lie
+            // that would make us zero-fill a big buffer for nothing.
+            let plausible = body.len().saturating_mul(255).saturating_add(16);
+            if size > limit || size > plausible {
                 return Err(format!(
-                    "lz4 payload claims {size} bytes; the limit is {limit}"
+                    "lz4 payload of {} bytes claims {size} bytes (limit {limit})",
+                    body.len()
                 ));
             }
             lz4_flex::block::decompress(body, size).map_err(|e| e.to_string())
         }
         #[cfg(feature = "zstd")]
-        COMPRESSION_ZSTD => zstd::bulk::decompress(&data, limit).map_err(|e| e.to_string()),
+        COMPRESSION_ZSTD => {
+            // Allocate what the frame header says (we write it), not `limit`.
+            let size = zstd::zstd_safe::get_frame_content_size(&data)
+                .ok()
+                .flatten()
+                .ok_or("zstd frame without a content size")?;
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size > limit {
+                return Err(format!(
+                    "zstd payload claims {size} bytes; the limit is {limit}"
+                ));
+            }
+            zstd::bulk::decompress(&data, size).map_err(|e| e.to_string())
+        }
         #[cfg(not(feature = "zstd"))]
         COMPRESSION_ZSTD => Err("zstd payload, but this build has no `zstd` feature".into()),
         other => Err(format!("unknown compression {other}")),

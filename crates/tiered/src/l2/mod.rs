@@ -78,6 +78,10 @@ pub enum L2Error {
     /// The call did not finish within the configured timeout.
     #[error("L2 call timed out after {0:?}")]
     Timeout(Duration),
+    /// The server answered with an error (wrong type, script error...): it is
+    /// reachable, so this does not count towards the breaker.
+    #[error("L2 command error: {0}")]
+    Command(String),
     /// The circuit breaker is open: L2 is not being called.
     #[error("L2 circuit breaker is open")]
     BreakerOpen,
@@ -111,6 +115,9 @@ pub trait L2: Send + Sync + 'static {
     /// The values at `keys`, in order (`None` where absent). One round trip per
     /// node, not per key.
     fn get_many<'a>(&'a self, keys: &'a [String]) -> L2Future<'a, Vec<Option<Vec<u8>>>>;
+
+    /// Stores each write, replacing whatever is there (an explicit `set`).
+    fn set(&self, writes: Vec<L2Write>) -> L2Future<'_, ()>;
 
     /// Stores each write unless the key holds a value whose version is the same
     /// or newer; returns, per write, whether it was stored. This is how a slow

@@ -65,8 +65,22 @@ impl Pending {
             }
             return false;
         }
+        // A kept write is never replaced by an older one (a slow load's
+        // result failing after a newer `set` failed); a removal always wins.
+        if let (Some(Op::Write { version: kept, .. }), Op::Write { version, .. }) =
+            (ops.get(&key), &op)
+        {
+            if kept > version {
+                return true;
+            }
+        }
         ops.insert(key, op);
         true
+    }
+
+    /// Whether something is kept for `key`.
+    pub(crate) fn holds(&self, key: &str) -> bool {
+        self.ops.lock().contains_key(key)
     }
 
     /// The key was written or removed successfully since: forget what was kept.

@@ -128,6 +128,7 @@ impl ConnectionLike for Conn {
 /// URLs: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS.
 pub struct RedisL2 {
     target: Target,
+    connect_timeout: Duration,
     conn: OnceCell<Conn>,
     set_if_newer: Script,
     compare_and_set: Script,
@@ -212,6 +213,7 @@ impl RedisL2Builder {
         };
         Ok(RedisL2 {
             target,
+            connect_timeout: self.connect_timeout,
             conn: OnceCell::new(),
             set_if_newer: Script::new(&format!("{OLDER}{SET_IF_NEWER}")),
             compare_and_set: Script::new(COMPARE_AND_SET),
@@ -258,7 +260,7 @@ impl RedisL2 {
                             .set_number_of_retries(1)
                             .set_min_delay(Duration::from_millis(50))
                             .set_max_delay(Duration::from_secs(1))
-                            .set_connection_timeout(Some(Duration::from_secs(1)));
+                            .set_connection_timeout(Some(self.connect_timeout));
                         client
                             .get_connection_manager_with_config(config)
                             .await
@@ -275,8 +277,20 @@ impl RedisL2 {
     }
 }
 
+/// Sorts a `redis` error: the server answering with an error is `Command`
+/// (it is up; the breaker should not open), anything else is `Backend`.
 fn backend(e: redis::RedisError) -> L2Error {
-    L2Error::Backend(e.to_string())
+    let unreachable = e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || e.is_cluster_error();
+    if unreachable {
+        L2Error::Backend(e.to_string())
+    } else {
+        L2Error::Command(e.to_string())
+    }
 }
 
 fn millis(ttl: Duration) -> u64 {
@@ -303,6 +317,26 @@ impl L2 for RedisL2 {
                 )));
             }
             Ok(values)
+        })
+    }
+
+    fn set(&self, writes: Vec<L2Write>) -> L2Future<'_, ()> {
+        Box::pin(async move {
+            let conn = self.conn().await?;
+            let calls = writes.iter().map(|w| {
+                let mut conn = conn.clone();
+                async move {
+                    redis::cmd("SET")
+                        .arg(&w.key)
+                        .arg(&w.value[..])
+                        .arg("PX")
+                        .arg(millis(w.ttl))
+                        .exec_async(&mut conn)
+                        .await
+                }
+            });
+            try_join_all(calls).await.map_err(backend)?;
+            Ok(())
         })
     }
 

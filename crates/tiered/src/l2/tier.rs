@@ -46,6 +46,16 @@ const MAX_BATCH_KEYS: usize = 512;
 /// The result of a raw L2 read.
 type RawValues = Result<Vec<Option<Vec<u8>>>, L2Error>;
 
+/// How a write treats what L2 already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteMode {
+    /// An explicit `set`: replaces whatever is there (last writer wins).
+    Overwrite,
+    /// A load's result or a replay: stored only over an older version, so it
+    /// never replaces a newer write.
+    IfNewer,
+}
+
 /// A queued read.
 struct ReadRequest {
     keys: Vec<String>,
@@ -206,6 +216,10 @@ impl Tier {
                     self.start_replay();
                 }
             }
+            // The server answered (with an error): it is up.
+            Err(L2Error::Command(_)) => {
+                self.breaker.success();
+            }
             Err(error) => {
                 self.counters.errors.incr();
                 self.metrics.errors.increment(1);
@@ -225,16 +239,29 @@ impl Tier {
         keys: &[&str],
     ) -> Vec<Option<Decoded<V>>> {
         let redis_keys: Vec<String> = keys.iter().map(|k| self.layout.entry(k)).collect();
-        let raw = match self.read(redis_keys.clone()).await {
-            Ok(raw) => raw,
+        let reads = redis_keys
+            .chunks(MAX_BATCH_KEYS)
+            .map(|chunk| self.read(chunk.to_vec()));
+        let raw: Vec<Option<Vec<u8>>> = match futures_util::future::try_join_all(reads).await {
+            Ok(parts) => parts.into_iter().flatten().collect(),
             Err(_) => return keys.iter().map(|_| None).collect(),
         };
+        if raw.len() != keys.len() {
+            // A broken backend; never guess which value is whose.
+            return keys.iter().map(|_| None).collect();
+        }
+        // A key with a write or removal still waiting for replay: what Redis
+        // holds for it is older than what this instance did. A miss.
+        let pending = self.pending.len() > 0;
         let mut bad = Vec::new();
         let out = raw
             .into_iter()
             .zip(redis_keys)
             .map(|(bytes, redis_key)| {
                 let bytes = bytes?;
+                if pending && self.pending.holds(&redis_key) {
+                    return None;
+                }
                 match envelope::decode::<V>(&bytes, &self.format, &redis_key) {
                     Ok(decoded) => Some(decoded),
                     Err(reason) => {
@@ -257,9 +284,19 @@ impl Tier {
         let (reply, answer) = oneshot::channel();
         let request = ReadRequest { keys, reply };
         match self.enqueue(request) {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err(L2Error::Backend("the read batcher stopped".into()))),
+            Ok(()) => {
+                // Bounded even if the batcher's runtime is not being driven:
+                // queueing plus the call's own timeout.
+                let limit = self.timeout.saturating_mul(2);
+                let Some(sleep) = crate::load::sleep_until(tokio::time::Instant::now() + limit)
+                else {
+                    return answer.await.unwrap_or_else(|_| Err(stopped()));
+                };
+                match futures_util::future::select(answer, std::pin::pin!(sleep)).await {
+                    Either::Left((answer, _)) => answer.unwrap_or_else(|_| Err(stopped())),
+                    Either::Right(_) => Err(L2Error::Timeout(limit)),
+                }
+            }
             // No runtime to run a batcher on: read directly.
             Err(request) => self.call(self.backend.get_many(&request.keys)).await,
         }
@@ -287,10 +324,19 @@ impl Tier {
     }
 
     /// Sends one merged `MGET` and hands each request its part.
+    ///
+    /// (A backend answering with the wrong number of values fails the batch.)
     async fn read_batch(self: Arc<Self>, batch: Vec<ReadRequest>) {
         let keys: Vec<String> = batch.iter().flat_map(|r| r.keys.iter().cloned()).collect();
         let result = self.call(self.backend.get_many(&keys)).await;
         match result {
+            Ok(values) if values.len() != keys.len() => {
+                let error =
+                    L2Error::Backend(format!("{} values for {} keys", values.len(), keys.len()));
+                for request in batch {
+                    let _ = request.reply.send(Err(error.clone()));
+                }
+            }
             Ok(values) => {
                 let mut values = values.into_iter();
                 for request in batch {
@@ -353,11 +399,10 @@ impl Tier {
 
     /// Stores `writes` (version-guarded). Writes that cannot reach L2 are kept
     /// for replay.
-    pub(crate) async fn write(self: &Arc<Self>, writes: Vec<L2Write>) {
+    pub(crate) async fn write(self: &Arc<Self>, writes: Vec<L2Write>, mode: WriteMode) {
         if writes.is_empty() {
             return;
         }
-        let n = writes.len() as u64;
         let keep: Vec<(String, Op)> = writes
             .iter()
             .map(|w| {
@@ -369,11 +414,23 @@ impl Tier {
                 (w.key.clone(), op)
             })
             .collect();
-        match self.call(self.backend.set_if_newer(writes)).await {
-            Ok(_) => {
-                self.counters.writes.add(n);
-                for (key, _) in &keep {
-                    self.pending.forget(key);
+        let stored = match mode {
+            WriteMode::Overwrite => {
+                let n = writes.len();
+                self.call(self.backend.set(writes))
+                    .await
+                    .map(|()| vec![true; n])
+            }
+            WriteMode::IfNewer => self.call(self.backend.set_if_newer(writes)).await,
+        };
+        match stored {
+            Ok(stored) => {
+                for ((key, _), stored) in keep.iter().zip(stored) {
+                    // A write refused as older must not cancel a kept one.
+                    if stored {
+                        self.counters.writes.incr();
+                        self.pending.forget(key);
+                    }
                 }
             }
             Err(_) => {
@@ -447,10 +504,18 @@ impl Tier {
             self.replaying.store(false, Ordering::Release);
             return;
         };
-        let tier = Arc::clone(self);
+        /// Clears the flag even if the task is dropped mid-replay (runtime
+        /// shutdown), so a later success can start another replay.
+        struct Done(Arc<Tier>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.replaying.store(false, Ordering::Release);
+            }
+        }
+        let done = Done(Arc::clone(self));
         runtime.spawn(async move {
-            tier.replay().await;
-            tier.replaying.store(false, Ordering::Release);
+            done.0.replay().await;
+            drop(done);
         });
     }
 
@@ -461,14 +526,21 @@ impl Tier {
             if n == 0 {
                 return;
             }
-            let removed = self.call(self.backend.delete(&batch.removes)).await;
-            let written = match removed {
-                Ok(_) => self
-                    .call(self.backend.set_if_newer(batch.writes.clone()))
+            let mut result = Ok(());
+            if !batch.removes.is_empty() {
+                result = self
+                    .call(self.backend.delete(&batch.removes))
                     .await
-                    .map(|_| ()),
-                Err(e) => Err(e),
-            };
+                    .map(|_| ());
+            }
+            if result.is_ok() && !batch.writes.is_empty() {
+                let writes = batch.writes.clone();
+                result = self
+                    .call(self.backend.set_if_newer(writes))
+                    .await
+                    .map(|_| ());
+            }
+            let written = result;
             match written {
                 Ok(()) => {
                     self.counters.replayed.add(n);
@@ -524,4 +596,8 @@ async fn batch_reads(tier: Weak<Tier>, mut queue: mpsc::UnboundedReceiver<ReadRe
         }
     }
     while in_flight.next().await.is_some() {}
+}
+
+fn stopped() -> L2Error {
+    L2Error::Backend("the read batcher stopped".into())
 }

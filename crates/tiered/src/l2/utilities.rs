@@ -20,7 +20,7 @@ use crate::options::MAX_TTL;
 use crate::Value;
 
 /// How many times [`Cache::update`] retries after losing a race.
-const UPDATE_ATTEMPTS: usize = 16;
+const UPDATE_ATTEMPTS: usize = 32;
 
 /// What [`Cache::inspect`] found for a key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -158,13 +158,14 @@ impl<V: Value> Cache<V> {
     /// # Errors
     ///
     /// [`Error::L2`] as for `compare_and_set`; [`Error::InvalidOption`]
-    /// (`update`) after 16 lost races in a row.
+    /// (`update`) after 32 lost races in a row (each followed by a short
+    /// random back-off).
     pub async fn update(
         &self,
         key: &str,
         mut f: impl FnMut(Option<&V>) -> Option<V>,
     ) -> Result<Option<Arc<V>>> {
-        for _ in 0..UPDATE_ATTEMPTS {
+        for attempt in 0..UPDATE_ATTEMPTS {
             let current = self.get_versioned(key).await?;
             let Some(new) = f(current.as_ref().map(|(v, _)| &**v)) else {
                 return Ok(current.map(|(v, _)| v));
@@ -179,6 +180,13 @@ impl<V: Value> Cache<V> {
             let new = Arc::new(new);
             if self.cas(key, expected, Arc::clone(&new)).await? {
                 return Ok(Some(new));
+            }
+            // Lost the race: back off a random moment, so contenders that
+            // retry in lockstep do not keep colliding.
+            let pause = Duration::from_micros(fastrand::u64(50..=500 * (attempt as u64 + 1)));
+            match crate::load::sleep_until(tokio::time::Instant::now() + pause) {
+                Some(sleep) => sleep.await,
+                None => tokio::task::yield_now().await,
             }
         }
         Err(Error::option(

@@ -32,7 +32,8 @@ use crate::clock::Timestamp;
 use crate::entry::{Entry, Freshness};
 use crate::error::{BoxError, Error};
 use crate::invalidate::TagId;
-use crate::options::Options;
+use crate::l2::tier::WriteMode;
+use crate::options::{Options, MAX_TTL};
 use crate::Value;
 
 use flight::{Flight, Outcome};
@@ -164,7 +165,13 @@ impl<V: Value> LoadTask<V> {
                         let value = loaded.remove(&**key).map(Arc::new);
                         let entry = inner
                             .build_entry(key, value.clone(), &opts, self.born, now, duration)
-                            .map(|e| Entry { version, ..e });
+                            // Created when the loader started reading: an
+                            // invalidation made while it ran is newer.
+                            .map(|e| Entry {
+                                version,
+                                created: started,
+                                ..e
+                            });
                         (i, value, entry)
                     })
                     .collect();
@@ -222,7 +229,7 @@ impl<V: Value> LoadTask<V> {
         if !absent.is_empty() {
             l2.remove(&absent).await;
         }
-        l2.write(writes).await;
+        l2.write(writes, WriteMode::IfNewer).await;
         written
     }
 
@@ -329,10 +336,24 @@ impl<V: Value> Inner<V> {
         refresh: bool,
     ) -> Option<Entry<V>> {
         let meta = decoded.meta;
+        // Times come from Redis: a lifetime no cache hands out is refused
+        // rather than trusted (it would also stop invalidation records from
+        // ever being pruned).
+        if meta.stale_until.saturating_since(now) > MAX_TTL.saturating_mul(2) {
+            return None;
+        }
         let tags: Box<[TagId]> = meta.tags.iter().map(|t| TagId::from(t.as_str())).collect();
         if self.invalidations.outdated_at(meta.created, &tags) {
             return None;
         }
+        // The entry depends on these keys: removing one here must invalidate
+        // it, as if it had been loaded here.
+        let depends_on: Vec<String> = tags
+            .iter()
+            .filter_map(|t| t.strip_prefix("k:"))
+            .map(str::to_owned)
+            .collect();
+        self.invalidations.declare_dependencies(&depends_on, now);
         let value = decoded.value.map(Arc::new);
         let weight = match &value {
             // Weighing can cost a full traversal of the value; only L1 needs it.
