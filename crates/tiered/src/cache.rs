@@ -620,8 +620,8 @@ impl<V: Value> Inner<V> {
         let born = self.invalidations.current();
         let decoded = l2.fetch::<V>(&[key]).await.pop().flatten();
         let now = self.clock.now();
-        let entry =
-            decoded.and_then(|d| self.entry_from_l2(key, d, &self.defaults, born, now, false));
+        let entry = decoded.and_then(|d| self.entry_from_l2(key, d, &self.defaults, born, now));
+        let entry = entry.filter(|e| e.serves_from_l2(now, false));
         let Some(entry) = entry else {
             l2.miss(1);
             return None;

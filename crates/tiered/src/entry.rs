@@ -119,6 +119,17 @@ impl<V> Entry<V> {
         }
     }
 
+    /// Whether an entry read from L2 may be served as fresh: fresh at `now`,
+    /// and for a background refresh not yet due for refresh itself (else the
+    /// refresh would just reinstall what it is meant to replace).
+    pub(crate) fn serves_from_l2(&self, now: Timestamp, refresh: bool) -> bool {
+        match self.freshness(now) {
+            Freshness::Fresh => true,
+            Freshness::RefreshAhead => !refresh,
+            Freshness::Stale | Freshness::Gone => false,
+        }
+    }
+
     /// Past its end of life (grace included): may be reclaimed.
     pub(crate) fn is_gone(&self, now: Timestamp) -> bool {
         now >= self.stale_until

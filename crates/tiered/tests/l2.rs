@@ -571,3 +571,26 @@ async fn an_entry_read_from_l2_keeps_its_dependencies() {
     a.remove("org:1").await.unwrap();
     assert!(!a.contains("profile").unwrap());
 }
+
+#[tokio::test]
+async fn fail_safe_serves_another_instances_stale_value_from_l2() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let a = on(&redis, &clock).ttl(secs(10)).build().unwrap();
+    a.set("k", s("written by a")).await.unwrap();
+    clock.advance(secs(20)); // stale, within the 600 s grace
+                             // b has never seen the key; the database is down.
+    let b = on(&redis, &clock).ttl(secs(10)).build().unwrap();
+    let failing: Loader<String> = Loader::new(tiered_testkit::Step::Fail("db down".into()));
+    let got = b.get_or_load("k", failing.load()).await;
+    assert_eq!(val(got), Some(s("written by a")));
+    assert_eq!(failing.calls(), 1);
+    assert_eq!(b.stats().stale_hits, 1);
+    // Backed off: the next call serves it again without calling the loader.
+    let got = b.get_or_load("k", failing.load()).await;
+    assert_eq!(val(got), Some(s("written by a")));
+    assert_eq!(failing.calls(), 1);
+    // Without a value in grace, the error reaches the caller.
+    let got = b.get_or_load("never-set", failing.load()).await;
+    assert!(got.is_err());
+}

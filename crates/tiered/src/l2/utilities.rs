@@ -254,7 +254,7 @@ impl<V: Value> Cache<V> {
                     meta,
                     value: decoded.value,
                 };
-                let entry = inner.entry_from_l2(key, d, &opts, born, now, false);
+                let entry = inner.entry_from_l2(key, d, &opts, born, now);
                 inner.replace(key, entry, now);
                 return Ok(true);
             }

@@ -114,6 +114,9 @@ impl<V: Value> LoadTask<V> {
         // loader ran has a newer one, so this load can never overwrite it in L2.
         let version = inner.next_version();
         let mut jobs: Vec<usize> = (0..self.jobs.len()).collect();
+        // Stale entries found in L2 (past fresh, within grace) for keys this
+        // instance has nothing for: the fail-safe fallback if the loader fails.
+        let mut fallbacks: Vec<Option<Entry<V>>> = self.jobs.iter().map(|_| None).collect();
         if let Some(l2) = &inner.l2 {
             let keys: Vec<&str> = self.jobs.iter().map(|j| &*j.key).collect();
             let found = l2.fetch::<V>(&keys).await;
@@ -121,17 +124,19 @@ impl<V: Value> LoadTask<V> {
             jobs.clear();
             for (i, decoded) in found.into_iter().enumerate() {
                 let job = &self.jobs[i];
-                let entry = decoded.and_then(|d| {
-                    inner.entry_from_l2(&job.key, d, &opts, self.born, now, self.refresh)
-                });
+                let entry =
+                    decoded.and_then(|d| inner.entry_from_l2(&job.key, d, &opts, self.born, now));
                 match entry {
-                    Some(entry) => {
+                    Some(entry) if entry.serves_from_l2(now, self.refresh) => {
                         l2.hit();
                         let value = entry.value.clone();
                         inner.complete(job, Ok(value), Some(entry), now);
                     }
-                    None => {
+                    other => {
                         l2.miss(1);
+                        if job.previous.is_none() {
+                            fallbacks[i] = other.filter(|e| e.freshness(now) == Freshness::Stale);
+                        }
                         jobs.push(i);
                     }
                 }
@@ -192,7 +197,18 @@ impl<V: Value> LoadTask<V> {
                     if let Some(previous) = &job.previous {
                         previous.back_off_until(until);
                     }
-                    inner.complete(job, Err(error.clone()), None, now);
+                    match fallbacks[i].take() {
+                        // Fail-safe across instances: another instance's value,
+                        // stale but within its grace window, instead of the
+                        // error; installed here and backed off like our own.
+                        Some(stale) => {
+                            stale.back_off_until(until);
+                            inner.recorder.stale();
+                            let value = stale.value.clone();
+                            inner.complete(job, Ok(value), Some(stale), now);
+                        }
+                        None => inner.complete(job, Err(error.clone()), None, now),
+                    }
                 }
             }
         }
@@ -322,10 +338,9 @@ impl<V: Value> Inner<V> {
         })
     }
 
-    /// An L1 entry for an envelope read from L2, if it is usable: not
-    /// invalidated here since it was created, and fresh at `now` (for a
-    /// background refresh, not yet due for refresh itself — else the refresh
-    /// would just reinstall what it is meant to replace).
+    /// An L1 entry for an envelope read from L2, unless it was invalidated
+    /// here since it was created or is past its grace window. Whether it may be
+    /// served fresh is [`Entry::serves_from_l2`].
     pub(crate) fn entry_from_l2(
         &self,
         key: &str,
@@ -333,7 +348,6 @@ impl<V: Value> Inner<V> {
         opts: &Options,
         born: u64,
         now: Timestamp,
-        refresh: bool,
     ) -> Option<Entry<V>> {
         let meta = decoded.meta;
         // Times come from Redis: a lifetime no cache hands out is refused
@@ -380,10 +394,8 @@ impl<V: Value> Inner<V> {
             validated_through: Default::default(),
             revoked: Default::default(),
         };
-        match entry.freshness(now) {
-            Freshness::Fresh => {}
-            Freshness::RefreshAhead if !refresh => {}
-            _ => return None,
+        if entry.is_gone(now) {
+            return None;
         }
         self.invalidations
             .note_lifetime(entry.stale_until.saturating_since(now));
