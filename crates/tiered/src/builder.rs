@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::backplane::subscriber::Link;
+use crate::backplane::Backplane;
 use crate::cache::{Cache, Inner, Weigher};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -50,6 +52,7 @@ pub struct CacheBuilder<V> {
     l2: Option<L2Source>,
     l2_config: L2Config,
     l1_enabled: bool,
+    backplane: bool,
 }
 
 /// Where the L2 tier comes from.
@@ -72,6 +75,7 @@ impl<V: Value> CacheBuilder<V> {
             l2: None,
             l2_config: L2Config::default(),
             l1_enabled: true,
+            backplane: true,
         }
     }
 
@@ -262,6 +266,15 @@ impl<V: Value> CacheBuilder<V> {
         self
     }
 
+    /// Keep every instance's L1 coherent through a backplane on the same Redis
+    /// (default `true` with [`redis`](Self::redis); see [`crate::backplane`]).
+    /// Turn it off only for a single instance, or for data where each
+    /// instance's L1 may lag other instances' writes by up to its TTL.
+    pub fn backplane(mut self, enabled: bool) -> Self {
+        self.backplane = enabled;
+        self
+    }
+
     /// `false` keeps nothing in process memory: every read goes to L2 (for
     /// data that must never be served from a local copy, and for measuring L2).
     pub fn l1_enabled(mut self, enabled: bool) -> Self {
@@ -314,12 +327,19 @@ impl<V: Value> CacheBuilder<V> {
             ));
         }
         let namespace: Arc<str> = Arc::from(self.namespace);
+        let mut transport: Option<Arc<dyn Backplane>> = None;
         let l2 = match self.l2 {
             None => None,
             Some(source) => {
                 let backend: Arc<dyn L2> = match source {
                     L2Source::Backend(b) => b,
-                    L2Source::Redis(r) => Arc::new(r.build()?),
+                    L2Source::Redis(r) => {
+                        let redis = Arc::new(r.build()?);
+                        if self.backplane {
+                            transport = Some(Arc::clone(&redis) as Arc<dyn Backplane>);
+                        }
+                        redis
+                    }
                 };
                 Some(Arc::new(Tier::new(
                     backend,
@@ -329,8 +349,16 @@ impl<V: Value> CacheBuilder<V> {
                 )))
             }
         };
+        let backplane = match (transport, &l2) {
+            (Some(transport), Some(tier)) => Some(Arc::new(Link::new(
+                transport,
+                tier.layout.backplane(),
+                tier.layout.records(),
+            ))),
+            _ => None,
+        };
         let weigher = self.weigher.unwrap_or_else(|| Arc::new(encoded_size::<V>));
-        Ok(Cache::from_inner(Inner {
+        let cache = Cache::from_inner(Inner {
             recorder: Recorder::new(&namespace),
             namespace,
             clock: self.clock,
@@ -343,7 +371,10 @@ impl<V: Value> CacheBuilder<V> {
             top: TopKeys::new(self.top_keys, self.top_keys_sample),
             l2,
             l1_enabled: self.l1_enabled,
-        }))
+            backplane,
+        });
+        cache.inner.connect();
+        Ok(cache)
     }
 }
 

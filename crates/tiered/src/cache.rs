@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backplane::subscriber::Link;
+use crate::backplane::Change;
 use crate::builder::CacheBuilder;
 use crate::clock::{Clock, Timestamp};
 use crate::entry::{Entry, Freshness};
@@ -82,6 +84,8 @@ pub(crate) struct Inner<V> {
     pub l2: Option<Arc<Tier>>,
     /// `false`: nothing is kept in process memory (every read goes to L2).
     pub l1_enabled: bool,
+    /// The link to the other instances, if any.
+    pub backplane: Option<Arc<Link>>,
 }
 
 /// A stale entry a waiting caller may fall back on.
@@ -164,6 +168,7 @@ impl<V: Value> Cache<V> {
     pub async fn get(&self, key: &str) -> Result<Option<Arc<V>>> {
         validate_key(key)?;
         let inner = &self.inner;
+        inner.connect();
         inner.top.record(key);
         match inner.lookup(key, inner.clock.now()) {
             Lookup::Hit(entry) | Lookup::RefreshAhead(entry) => Ok(inner.hit(&entry)),
@@ -351,6 +356,8 @@ impl<V: Value> Cache<V> {
         let write = entry
             .as_ref()
             .and_then(|e| l2.encode(key, &e.meta(), Some(&*value)));
+        inner.connect();
+        let version = entry.as_ref().map_or(0, |e| e.version);
         let (inner, key) = (Arc::clone(inner), key.to_owned());
         finish_in_task(async move {
             match write {
@@ -362,6 +369,7 @@ impl<V: Value> Cache<V> {
                 }
             }
             inner.replace(&key, entry, now);
+            inner.announce(Change::Written { key, version }, now);
         })
         .await;
         Ok(())
@@ -390,10 +398,13 @@ impl<V: Value> Cache<V> {
         // retracts its write; a load that read the old value before the `DEL`
         // landed sees the second and stays out of L1. One task, so a caller
         // that stops waiting cannot leave this half done.
+        inner.connect();
         let (inner, key) = (Arc::clone(inner), key.to_owned());
         let in_l2 = finish_in_task(async move {
             let in_l2 = l2.remove(&[&key]).await;
             inner.remove_from_l1(&key);
+            let now = inner.clock.now();
+            inner.announce(Change::Removed(vec![key]), now);
             in_l2
         })
         .await;
@@ -408,30 +419,32 @@ impl<V: Value> Cache<V> {
     /// [`Error::InvalidOption`] for an empty or too long tag.
     pub fn invalidate_tag(&self, tag: &str) -> Result<()> {
         validate_tag(tag)?;
+        let inner = &self.inner;
+        inner.connect();
         let tags: [TagId; 1] = [invalidate::user_tag(tag)];
-        self.inner
-            .invalidations
-            .invalidate(&tags, self.inner.clock.now());
+        let now = inner.clock.now();
+        inner.invalidations.invalidate(&tags, now);
+        inner.announce(Change::Tags(vec![tags[0].to_string()]), now);
         Ok(())
     }
 
     /// Removes every entry. Loads already running will not store their results.
     pub fn clear(&self) {
         let inner = &self.inner;
-        // Order matters: once the stamp has moved, no load born before it can
-        // install (`may_install`), so fencing and emptying L1 need no global lock.
-        inner.invalidations.clear(inner.clock.now());
-        inner.flights.fence_all();
-        inner.l1.clear();
+        inner.connect();
+        let now = inner.clock.now();
+        inner.clear_local(now);
+        inner.announce(Change::Cleared, now);
     }
 
     /// A snapshot of the counters (see [`Stats`]).
     pub fn stats(&self) -> Stats {
         let l1 = &self.inner.l1;
         let l2 = self.inner.l2.as_ref().map(|l2| l2.stats());
+        let backplane = self.inner.backplane.as_ref().map(|b| b.stats());
         self.inner
             .recorder
-            .snapshot(l1.len(), l1.weighted_size(), l2)
+            .snapshot(l1.len(), l1.weighted_size(), l2, backplane)
     }
 
     /// The `n` most requested keys (estimated; see
@@ -594,9 +607,69 @@ impl<V: Value> Inner<V> {
         }
     }
 
+    /// Whether entries read from L2 can be judged now (see
+    /// [`Link::wait_ready`]); waits up to the L2 timeout at startup.
+    pub(crate) async fn l2_judgeable(&self) -> bool {
+        match (&self.backplane, &self.l2) {
+            (Some(link), Some(l2)) => link.wait_ready(l2.timeout()).await,
+            _ => true,
+        }
+    }
+
+    /// Starts the backplane link, if any and not yet started.
+    pub(crate) fn connect(self: &Arc<Self>) {
+        if let Some(link) = &self.backplane {
+            link.start(self);
+        }
+    }
+
+    /// Tells the other instances about `change`, if there is a backplane.
+    pub(crate) fn announce(&self, change: Change, now: Timestamp) {
+        if let Some(link) = &self.backplane {
+            link.announce(change, now);
+        }
+    }
+
+    /// Everything stored before `at` is invalid here (a `clear`, local or
+    /// another instance's).
+    pub(crate) fn clear_local(&self, at: Timestamp) {
+        // Order matters: once the stamp has moved, no load born before it can
+        // install (`may_install`), so fencing and emptying L1 need no global lock.
+        self.invalidations.clear(at);
+        self.flights.fence_all();
+        self.l1.clear();
+    }
+
+    /// Empties L1 and fences running loads, without judging L2 (after a
+    /// backplane gap: what L1 held may have missed invalidations).
+    pub(crate) fn reset_l1(&self) {
+        self.invalidations.bump();
+        self.flights.fence_all();
+        self.l1.clear();
+    }
+
+    /// Another instance wrote `key` at `version`: drop an older copy here.
+    pub(crate) fn drop_older(&self, key: &str, version: u64) {
+        let dropped = {
+            let mut registry = self.flights.lock(key);
+            registry.fence(key);
+            match self.l1.peek(key) {
+                Some(held) if held.version < version => {
+                    held.revoke();
+                    self.l1.remove_entry(key, &held);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if dropped {
+            self.invalidations.key_changed(key, self.clock.now());
+        }
+    }
+
     /// Fences loads of `key`, drops and revokes its L1 entry, invalidates its
     /// dependants. Returns whether L1 held an entry.
-    fn remove_from_l1(&self, key: &str) -> bool {
+    pub(crate) fn remove_from_l1(&self, key: &str) -> bool {
         let removed = {
             let mut registry = self.flights.lock(key);
             registry.fence(key);
@@ -616,6 +689,10 @@ impl<V: Value> Inner<V> {
     /// shard) happened while L2 was read.
     async fn get_from_l2(&self, key: &str) -> Option<Arc<V>> {
         let l2 = self.l2.as_ref()?;
+        if !self.l2_judgeable().await {
+            l2.miss(1);
+            return None;
+        }
         let fences = self.flights.lock(key).fences();
         let born = self.invalidations.current();
         let decoded = l2.fetch::<V>(&[key]).await.pop().flatten();
@@ -670,6 +747,7 @@ impl<V: Value> Inner<V> {
     {
         validate_key(key)?;
         check_not_self_dependent(key, &opts)?;
+        self.connect();
         self.top.record(key);
         let now = self.clock.now();
         let stale = match self.lookup(key, now) {
@@ -744,6 +822,7 @@ impl<V: Value> Inner<V> {
         E: Into<BoxError> + 'static,
     {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        self.connect();
         let now = self.clock.now();
         let mut seen = HashSet::with_capacity(keys.len());
         let mut found = HashMap::new();

@@ -70,6 +70,7 @@
 //!
 //! All expiry decisions read an injected [`Clock`]; tests use [`ManualClock`].
 
+pub mod backplane;
 pub mod builder;
 pub mod cache;
 pub mod clock;
@@ -86,6 +87,7 @@ pub mod options;
 pub mod stats;
 pub mod topk;
 
+pub use backplane::Backplane;
 pub use builder::{CacheBuilder, DEFAULT_L1_BYTES, MAX_L1_BYTES};
 pub use cache::MAX_BATCH_KEYS;
 pub use cache::{Cache, WarmProgress, WarmReport};
@@ -95,7 +97,7 @@ pub use filter::BloomFilter;
 pub use key::{MAX_KEY_LEN, MAX_NAMESPACE_LEN};
 pub use l2::{Codec, Compression, Encryption, Inspection, L2Config, L2Error, RedisL2, L2};
 pub use options::{AdaptiveTtl, Options, DEFAULT_HARD_TIMEOUT, MAX_TAGS, MAX_TAG_LEN, MAX_TTL};
-pub use stats::{L2Stats, Stats, TierStats};
+pub use stats::{BackplaneStats, L2Stats, Stats, TierStats};
 pub use topk::HotKey;
 
 /// What a cache can hold: any owned, thread-safe, serializable type.

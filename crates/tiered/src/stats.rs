@@ -8,6 +8,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use crate::backplane::subscriber::BackplaneStats;
 pub use crate::l2::tier::L2Stats;
 use crate::metrics::Handles;
 
@@ -152,7 +153,13 @@ impl Recorder {
         }
     }
 
-    pub(crate) fn snapshot(&self, l1_entries: u64, l1_bytes: u64, l2: Option<L2Stats>) -> Stats {
+    pub(crate) fn snapshot(
+        &self,
+        l1_entries: u64,
+        l1_bytes: u64,
+        l2: Option<L2Stats>,
+        backplane: Option<BackplaneStats>,
+    ) -> Stats {
         self.metrics.l1_entries.set(l1_entries as f64);
         self.metrics.l1_bytes.set(l1_bytes as f64);
         Stats {
@@ -164,6 +171,7 @@ impl Recorder {
                 weighted_bytes: l1_bytes,
             },
             l2,
+            backplane,
             stale_hits: self.stale_hits.get(),
             negative_hits: self.negative_hits.get(),
             filtered: self.filtered.get(),
@@ -207,6 +215,8 @@ pub struct Stats {
     pub l1: TierStats,
     /// The distributed tier, if the cache has one.
     pub l2: Option<L2Stats>,
+    /// The backplane, if the cache has one.
+    pub backplane: Option<BackplaneStats>,
     /// Calls answered with a stale value (fail-safe or soft timeout).
     pub stale_hits: u64,
     /// Hits on a cached "absent" (negative caching); also counted in `l1.hits`.

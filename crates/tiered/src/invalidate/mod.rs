@@ -130,6 +130,13 @@ impl Invalidations {
             .fetch_max(duration_nanos(lifetime), Ordering::Relaxed);
     }
 
+    /// Everything stored in L1 before now is invalid (entries read from L2
+    /// later are not affected).
+    pub(crate) fn bump(&self) {
+        let s = self.next();
+        self.cleared_at.fetch_max(s, Ordering::SeqCst);
+    }
+
     /// Everything stored before now is invalid.
     pub(crate) fn clear(&self, now: Timestamp) {
         self.cleared_time
@@ -158,13 +165,24 @@ impl Invalidations {
 
     /// Invalidates every entry carrying any of `tags`.
     pub(crate) fn invalidate(&self, tags: &[TagId], now: Timestamp) {
+        self.invalidate_at(tags, now, now);
+    }
+
+    /// Invalidates every entry carrying any of `tags`, as of `at` (another
+    /// instance's invalidation: entries here are judged by stamp, entries read
+    /// from L2 by creation time against `at`).
+    pub(crate) fn invalidate_at(&self, tags: &[TagId], at: Timestamp, now: Timestamp) {
         if tags.is_empty() {
             return;
         }
         let mut records = self.records.write();
         let s = self.next();
         for tag in tags {
-            records.tags.insert(Arc::clone(tag), (s, now));
+            let at = match records.tags.get(tag) {
+                Some(&(_, known)) => known.max(at),
+                None => at,
+            };
+            records.tags.insert(Arc::clone(tag), (s, at));
         }
         self.latest_tag.fetch_max(s, Ordering::SeqCst);
         self.maybe_prune(&mut records, now);

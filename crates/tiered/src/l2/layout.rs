@@ -4,6 +4,8 @@
 //! {prefix}:{namespace}:{key}              a cache entry
 //! {prefix}:{tenant}/{namespace}:{key}     the same, for a cache with a tenant
 //! {prefix}:{namespace}#c:{key}            a counter (Cache::incr)
+//! {prefix}:{namespace}#bp                 the backplane stream
+//! {prefix}:{namespace}#tags               tag invalidation and clear times
 //! ```
 //!
 //! # Escaping
@@ -53,6 +55,16 @@ impl Layout {
         s.push(':');
         s.push_str(key);
         s
+    }
+
+    /// The backplane stream of this cache (see [`crate::backplane`]).
+    pub fn backplane(&self) -> String {
+        format!("{}#bp", self.space)
+    }
+
+    /// The hash of tag invalidation and clear times.
+    pub fn records(&self) -> String {
+        format!("{}#tags", self.space)
     }
 
     /// The Redis key of a counter.

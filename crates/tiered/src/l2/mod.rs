@@ -49,7 +49,7 @@ pub mod codec;
 pub mod envelope;
 pub mod layout;
 pub mod pending;
-mod redis;
+pub(crate) mod redis;
 pub(crate) mod tier;
 mod utilities;
 

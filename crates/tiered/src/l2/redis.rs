@@ -89,9 +89,11 @@ enum Target {
 
 /// A connection to either kind of deployment.
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// A plain multiplexed connection (no reconnect): the subscriber's.
+    Blocking(Box<redis::aio::MultiplexedConnection>),
 }
 
 impl ConnectionLike for Conn {
@@ -99,6 +101,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Blocking(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -111,6 +114,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Blocking(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -118,6 +122,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Blocking(c) => c.get_db(),
         }
     }
 }
@@ -130,6 +135,9 @@ pub struct RedisL2 {
     target: Target,
     connect_timeout: Duration,
     conn: OnceCell<Conn>,
+    /// The backplane subscriber's own connection: its blocking `XREAD` must
+    /// not hold up the shared one.
+    blocking: parking_lot::Mutex<Option<Conn>>,
     set_if_newer: Script,
     compare_and_set: Script,
     delete_version: Script,
@@ -215,6 +223,7 @@ impl RedisL2Builder {
             target,
             connect_timeout: self.connect_timeout,
             conn: OnceCell::new(),
+            blocking: parking_lot::Mutex::new(None),
             set_if_newer: Script::new(&format!("{OLDER}{SET_IF_NEWER}")),
             compare_and_set: Script::new(COMPARE_AND_SET),
             delete_version: Script::new(DELETE_VERSION),
@@ -248,7 +257,48 @@ impl RedisL2 {
         }
     }
 
-    async fn conn(&self) -> Result<Conn, L2Error> {
+    /// A connection for blocking reads (made once, on first use), whose
+    /// response timeout allows a `BLOCK` of `wait`.
+    pub(crate) async fn blocking_conn(&self, wait: Duration) -> Result<Conn, L2Error> {
+        if let Some(conn) = self.blocking.lock().clone() {
+            return Ok(conn);
+        }
+        let timeout = wait + Duration::from_secs(2);
+        let conn = async {
+            match &self.target {
+                Target::Single(client) => {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.connect_timeout))
+                        .set_response_timeout(Some(timeout));
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(|c| Conn::Blocking(Box::new(c)))
+                }
+                Target::Cluster(client) => {
+                    let config = redis::cluster::ClusterConfig::new()
+                        .set_connection_timeout(self.connect_timeout)
+                        .set_response_timeout(timeout);
+                    client
+                        .get_async_connection_with_config(config)
+                        .await
+                        .map(Conn::Cluster)
+                }
+            }
+        }
+        .await
+        .map_err(backend)?;
+        *self.blocking.lock() = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops the blocking connection (after an error), so the next call
+    /// connects afresh.
+    pub(crate) fn reset_blocking(&self) {
+        *self.blocking.lock() = None;
+    }
+
+    pub(crate) async fn conn(&self) -> Result<Conn, L2Error> {
         let conn = self
             .conn
             .get_or_try_init(|| async {
@@ -279,7 +329,7 @@ impl RedisL2 {
 
 /// Sorts a `redis` error: the server answering with an error is `Command`
 /// (it is up; the breaker should not open), anything else is `Backend`.
-fn backend(e: redis::RedisError) -> L2Error {
+pub(crate) fn backend(e: redis::RedisError) -> L2Error {
     let unreachable = e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()

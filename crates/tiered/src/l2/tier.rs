@@ -150,6 +150,10 @@ impl Tier {
         }
     }
 
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub(crate) fn stats(&self) -> L2Stats {
         let breaker = self.breaker.state();
         let pending = self.pending.len() as u64;

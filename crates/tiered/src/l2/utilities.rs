@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::L2Error;
+use crate::backplane::Change;
 use crate::cache::Cache;
 use crate::clock::Timestamp;
 use crate::entry::{Entry, Freshness};
@@ -145,6 +146,13 @@ impl<V: Value> Cache<V> {
             .await?;
         if stored {
             inner.replace(key, Some(entry), now);
+            inner.announce(
+                Change::Written {
+                    key: key.to_owned(),
+                    version,
+                },
+                now,
+            );
         }
         Ok(stored)
     }
@@ -254,8 +262,16 @@ impl<V: Value> Cache<V> {
                     meta,
                     value: decoded.value,
                 };
+                let version = d.meta.version;
                 let entry = inner.entry_from_l2(key, d, &opts, born, now);
                 inner.replace(key, entry, now);
+                inner.announce(
+                    Change::Written {
+                        key: key.to_owned(),
+                        version,
+                    },
+                    now,
+                );
                 return Ok(true);
             }
         }

@@ -117,7 +117,15 @@ impl<V: Value> LoadTask<V> {
         // Stale entries found in L2 (past fresh, within grace) for keys this
         // instance has nothing for: the fail-safe fallback if the loader fails.
         let mut fallbacks: Vec<Option<Entry<V>>> = self.jobs.iter().map(|_| None).collect();
-        if let Some(l2) = &inner.l2 {
+        let l2 = match &inner.l2 {
+            Some(l2) if inner.l2_judgeable().await => Some(l2),
+            Some(l2) => {
+                l2.miss(self.jobs.len());
+                None
+            }
+            None => None,
+        };
+        if let Some(l2) = l2 {
             let keys: Vec<&str> = self.jobs.iter().map(|j| &*j.key).collect();
             let found = l2.fetch::<V>(&keys).await;
             let now = inner.clock.now();

@@ -1,0 +1,176 @@
+//! The backplane: every instance's L1 learns of every other instance's
+//! invalidations.
+//!
+//! With L2 shared, an instance that removes, sets or invalidates something
+//! changes L2 at once — but every *other* instance may hold the old value in its
+//! own L1. The backplane carries the change to them: removed keys, new versions
+//! of set keys, invalidated tags and dependencies, namespace clears. Each
+//! instance applies what others sent and ignores its own messages.
+//!
+//! # Why a Redis Stream, not pub/sub
+//!
+//! Pub/sub forgets: a message published while an instance is reconnecting is
+//! gone, and that instance serves the old value until its TTL — the most common
+//! coherence bug in multi-tier caches. Messages here go to a Redis **Stream**
+//! (`XADD`, capped with `MAXLEN ~`). Each instance remembers the id of the last
+//! message it applied and reads on from there (`XREAD BLOCK`), so after a
+//! disconnect it simply catches up. What it cannot catch up on, it detects — a
+//! **gap**:
+//!
+//! * the stream was trimmed past the last id it applied (`max-deleted-entry-id`
+//!   is newer than it);
+//! * the stream was reset (Redis restarted without persistence, or failed over
+//!   to a replica that had not seen it): its last id is older than ours, or it
+//!   is gone.
+//!
+//! On a gap the instance empties its L1 (the only safe answer to "some
+//! invalidations were lost") and reloads the tag and clear records, which are
+//! kept in Redis beside the stream (see below).
+//!
+//! # The staleness bound
+//!
+//! While Redis is reachable, an invalidation reaches other instances as fast as
+//! `XREAD BLOCK` returns (BENCHMARKS.md has the measured p50/p99). When Redis is
+//! unreachable, an instance cannot hear anything; it keeps serving its L1
+//! entries only within their own TTL and grace, exactly as without a backplane.
+//! Once Redis is reachable again, the subscriber is back within its retry delay
+//! ([`RETRY`], 100 ms) plus one read: it replays what it missed or, on a gap,
+//! empties L1. So: **after Redis is reachable again, an instance serves a value
+//! older than the newest invalidation for at most about 200 ms plus the time to
+//! read the backlog** — under the 1 s target.
+//!
+//! An invalidation issued while Redis is down is not lost either: it is applied
+//! locally at once and its message waits in the outbox (bounded), published in
+//! order when Redis is back. If the outbox overflows, the instance publishes a
+//! *reset* when it can, which makes every other instance empty its L1.
+//!
+//! # Tags and clears outlive the stream
+//!
+//! An entry read from L2 is judged by its creation time against the times of
+//! the tag invalidations and clears it may have missed (see
+//! [`crate::invalidate`]). So those times are also written to Redis (a hash of
+//! tag → time, and the clear time), and an instance loads them when it starts
+//! and after a gap. An instance that starts after an invalidation therefore
+//! never reads an L2 entry it invalidated.
+
+pub(crate) mod redis;
+pub(crate) mod subscriber;
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::l2::L2Future;
+
+pub use self::redis::MAX_STREAM_LEN;
+
+/// The subscriber's delay between attempts while Redis is unreachable.
+pub const RETRY: Duration = Duration::from_millis(100);
+/// How long one `XREAD` blocks waiting for messages.
+pub(crate) const BLOCK: Duration = Duration::from_millis(1000);
+
+/// A position in the stream: a Redis stream id `ms-seq`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence part.
+    pub seq: u64,
+}
+
+impl StreamId {
+    /// Parses `ms-seq`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(StreamId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// What the stream looks like now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamState {
+    /// The stream exists.
+    pub exists: bool,
+    /// The id of the last message ever added (`0-0` if none).
+    pub last: StreamId,
+    /// The newest id trimmed away (`0-0` if none).
+    pub max_deleted: StreamId,
+}
+
+/// Transport for invalidation messages and the records that outlive them.
+/// [`crate::RedisL2`] implements it on a Redis Stream.
+pub trait Backplane: Send + Sync + 'static {
+    /// Appends `message` to `stream`.
+    fn publish<'a>(&'a self, stream: &'a str, message: Vec<u8>) -> L2Future<'a, StreamId>;
+
+    /// The stream's state (for gap detection).
+    fn state<'a>(&'a self, stream: &'a str) -> L2Future<'a, StreamState>;
+
+    /// Messages after `after`, waiting up to `wait` for the first (on a
+    /// connection of its own: a blocked read must not hold up other calls).
+    fn read<'a>(
+        &'a self,
+        stream: &'a str,
+        after: StreamId,
+        wait: Duration,
+    ) -> L2Future<'a, Vec<(StreamId, Vec<u8>)>>;
+
+    /// Records `field` → `at` in the hash `key`, keeping the larger time.
+    fn remember<'a>(&'a self, key: &'a str, field: &'a str, at: u64) -> L2Future<'a, ()>;
+
+    /// Every field → time in the hash `key`.
+    fn recall<'a>(&'a self, key: &'a str) -> L2Future<'a, Vec<(String, u64)>>;
+}
+
+/// One invalidation, as it travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Message {
+    /// Wire format version (1).
+    pub format: u8,
+    /// The sending instance (its own messages are skipped).
+    pub sender: u64,
+    /// When it was issued, on the sender's clock (nanos).
+    pub at: u64,
+    pub change: Change,
+}
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Change {
+    /// Keys removed.
+    Removed(Vec<String>),
+    /// A key written with this version: older copies are dropped.
+    Written { key: String, version: u64 },
+    /// Tag ids invalidated (`t:…` tags, `k:…` dependencies).
+    Tags(Vec<String>),
+    /// The namespace was cleared.
+    Cleared,
+    /// The sender lost messages it meant to publish: drop everything.
+    Reset,
+}
+
+/// The current wire format.
+pub(crate) const FORMAT: u8 = 1;
+
+impl Message {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        // A plain enum of strings and integers: postcard cannot fail on it.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// `None` for bytes that are not a message of a known format.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let m: Message = postcard::from_bytes(bytes).ok()?;
+        (m.format == FORMAT).then_some(m)
+    }
+}

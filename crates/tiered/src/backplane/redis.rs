@@ -1,0 +1,197 @@
+//! [`Backplane`] on Redis: a Stream per cache namespace for the messages, a hash
+//! for tag invalidation times. See the [module docs](super) for the design.
+
+use std::time::Duration;
+
+use redis::Value as RValue;
+
+use super::{Backplane, StreamId, StreamState};
+use crate::l2::redis::backend;
+use crate::l2::{L2Error, L2Future, RedisL2};
+
+/// The stream is capped near this many messages (`XADD MAXLEN ~`). An instance
+/// that falls further behind than this detects a gap and empties its L1.
+pub const MAX_STREAM_LEN: usize = 100_000;
+
+/// KEYS[1] hash; ARGV: field, time. Keeps the larger time.
+const REMEMBER: &str = r"
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > cur then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
+";
+
+fn protocol(what: &str) -> L2Error {
+    L2Error::Command(format!("unexpected reply to {what}"))
+}
+
+fn text(v: &RValue) -> Option<String> {
+    match v {
+        RValue::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        RValue::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn id(v: &RValue) -> Option<StreamId> {
+    StreamId::parse(&text(v)?)
+}
+
+/// `XINFO STREAM` replies with field/value pairs (a map in RESP3).
+fn fields(v: RValue) -> Vec<(String, RValue)> {
+    match v {
+        RValue::Array(items) => items
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [k, v] => Some((text(k)?, v.clone())),
+                _ => None,
+            })
+            .collect(),
+        RValue::Map(pairs) => pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((text(&k)?, v)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Backplane for RedisL2 {
+    fn publish<'a>(&'a self, stream: &'a str, message: Vec<u8>) -> L2Future<'a, StreamId> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let reply: RValue = redis::cmd("XADD")
+                .arg(stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(MAX_STREAM_LEN)
+                .arg("*")
+                .arg("m")
+                .arg(message)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            id(&reply).ok_or_else(|| protocol("XADD"))
+        })
+    }
+
+    fn state<'a>(&'a self, stream: &'a str) -> L2Future<'a, StreamState> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let reply = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(stream)
+                .query_async::<RValue>(&mut conn)
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                // "ERR no such key": the stream does not exist (yet, or any more).
+                Err(e) if e.code() == Some("ERR") => return Ok(StreamState::default()),
+                Err(e) => return Err(backend(e)),
+            };
+            let mut state = StreamState {
+                exists: true,
+                ..Default::default()
+            };
+            for (name, value) in fields(reply) {
+                match name.as_str() {
+                    "last-generated-id" => state.last = id(&value).unwrap_or_default(),
+                    "max-deleted-entry-id" => state.max_deleted = id(&value).unwrap_or_default(),
+                    _ => {}
+                }
+            }
+            Ok(state)
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        stream: &'a str,
+        after: StreamId,
+        wait: Duration,
+    ) -> L2Future<'a, Vec<(StreamId, Vec<u8>)>> {
+        Box::pin(async move {
+            let mut conn = self.blocking_conn(wait).await?;
+            let reply = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(512)
+                .arg("BLOCK")
+                .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(after.to_string())
+                .query_async::<RValue>(&mut conn)
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    // A plain connection does not reconnect by itself.
+                    self.reset_blocking();
+                    return Err(backend(e));
+                }
+            };
+            // nil (timeout), or [[stream, [[id, [field, value, ...]], ...]]]
+            // (a map of stream → entries in RESP3).
+            let entries = match reply {
+                RValue::Nil => return Ok(Vec::new()),
+                RValue::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
+                    RValue::Array(mut pair) if pair.len() == 2 => pair.swap_remove(1),
+                    _ => return Err(protocol("XREAD")),
+                },
+                RValue::Map(mut streams) if !streams.is_empty() => streams.swap_remove(0).1,
+                _ => return Err(protocol("XREAD")),
+            };
+            let RValue::Array(entries) = entries else {
+                return Err(protocol("XREAD"));
+            };
+            let mut out = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let RValue::Array(parts) = entry else {
+                    return Err(protocol("XREAD"));
+                };
+                let [entry_id, RValue::Array(kv)] = &parts[..] else {
+                    return Err(protocol("XREAD"));
+                };
+                let entry_id = id(entry_id).ok_or_else(|| protocol("XREAD"))?;
+                // Our entries have one field, `m`. Anything else (another
+                // program writing to the stream) is passed on as empty bytes,
+                // which the subscriber skips — but its id still counts.
+                let body = match &kv[..] {
+                    [_, RValue::BulkString(b)] => b.clone(),
+                    _ => Vec::new(),
+                };
+                out.push((entry_id, body));
+            }
+            Ok(out)
+        })
+    }
+
+    fn remember<'a>(&'a self, key: &'a str, field: &'a str, at: u64) -> L2Future<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            redis::Script::new(REMEMBER)
+                .key(key)
+                .arg(field)
+                .arg(at)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn recall<'a>(&'a self, key: &'a str) -> L2Future<'a, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let all: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(all
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,396 @@
+//! The two background tasks of an instance's backplane link: the publisher,
+//! which sends this instance's invalidations in order (and keeps them while
+//! Redis is down), and the subscriber, which applies everyone else's and
+//! handles gaps. See the [module docs](super) for the guarantees.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::{Backplane, Change, Message, StreamId, StreamState, BLOCK, FORMAT, RETRY};
+use crate::cache::Inner;
+use crate::clock::Timestamp;
+use crate::invalidate::TagId;
+use crate::stats::Counter;
+use crate::Value;
+
+/// The most messages kept while Redis is unreachable; past it, a reset is
+/// published instead (see the module docs).
+const MAX_OUTBOX: usize = 10_000;
+/// How far back (ms) a new subscriber starts reading, to cover messages sent
+/// between its first L1 install and its first read.
+const START_BACK_MS: u64 = 5_000;
+/// The field of the records hash holding the last clear time.
+const CLEAR_FIELD: &str = "clear";
+
+/// One queued outgoing change.
+struct Outgoing {
+    change: Change,
+    at: u64,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Outgoing>,
+    overflowed: bool,
+}
+
+/// Counters behind `Stats::backplane`.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub published: Counter,
+    pub received: Counter,
+    pub gaps: Counter,
+    pub errors: Counter,
+}
+
+/// A snapshot of the backplane's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackplaneStats {
+    /// Messages this instance published.
+    pub published: u64,
+    /// Messages from other instances applied here.
+    pub received: u64,
+    /// Gaps detected (each emptied L1 and reloaded the records).
+    pub gaps: u64,
+    /// Failed backplane calls (publish or read).
+    pub errors: u64,
+    /// Messages waiting to be published.
+    pub outbox: u64,
+    /// Subscribed, with the tag and clear records loaded (until then, and
+    /// after a gap until they are reloaded, L2 reads are misses).
+    pub ready: bool,
+}
+
+/// An instance's link to the backplane.
+pub(crate) struct Link {
+    transport: Arc<dyn Backplane>,
+    stream: String,
+    records: String,
+    sender: u64,
+    outbox: Mutex<Outbox>,
+    wake: Notify,
+    started: AtomicBool,
+    /// The tag and clear records are loaded: entries read from L2 can be
+    /// judged. False at start and after a gap, until they are (re)loaded.
+    ready: AtomicBool,
+    became_ready: Notify,
+    counters: Counters,
+}
+
+impl Link {
+    pub(crate) fn new(transport: Arc<dyn Backplane>, stream: String, records: String) -> Self {
+        Link {
+            transport,
+            stream,
+            records,
+            sender: fastrand::u64(..),
+            outbox: Mutex::new(Outbox::default()),
+            wake: Notify::new(),
+            started: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            became_ready: Notify::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> BackplaneStats {
+        let c = &self.counters;
+        BackplaneStats {
+            published: c.published.get(),
+            received: c.received.get(),
+            gaps: c.gaps.get(),
+            errors: c.errors.get(),
+            outbox: self.outbox.lock().queue.len() as u64,
+            ready: self.ready.load(Ordering::Acquire),
+        }
+    }
+
+    /// Waits (up to `limit`) until entries read from L2 can be judged against
+    /// every invalidation this instance should know of. `false`: not yet —
+    /// treat L2 as a miss rather than risk serving what was invalidated.
+    pub(crate) async fn wait_ready(&self, limit: Duration) -> bool {
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let notified = std::pin::pin!(self.became_ready.notified());
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        if let Some(sleep) = crate::load::sleep_until(tokio::time::Instant::now() + limit) {
+            futures_util::future::select(notified, std::pin::pin!(sleep)).await;
+        }
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+        if ready {
+            self.became_ready.notify_waiters();
+        }
+    }
+
+    /// Queues `change` for the other instances.
+    pub(crate) fn announce(&self, change: Change, at: Timestamp) {
+        {
+            let mut outbox = self.outbox.lock();
+            if outbox.queue.len() >= MAX_OUTBOX {
+                outbox.overflowed = true;
+            } else {
+                outbox.queue.push_back(Outgoing {
+                    change,
+                    at: at.as_nanos(),
+                });
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Starts the publisher and the subscriber (once; needs a runtime).
+    pub(crate) fn start<V: Value>(self: &Arc<Self>, inner: &Arc<Inner<V>>) {
+        if self.started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(publish(Arc::clone(self), Arc::downgrade(inner)));
+        runtime.spawn(subscribe(Arc::clone(self), Arc::downgrade(inner)));
+    }
+}
+
+async fn pause() {
+    if let Some(sleep) = crate::load::sleep_until(tokio::time::Instant::now() + RETRY) {
+        sleep.await;
+    }
+}
+
+/// Sends queued changes in order; on failure keeps them and retries.
+async fn publish<V: Value>(link: Arc<Link>, inner: Weak<Inner<V>>) {
+    loop {
+        let next = {
+            let mut outbox = link.outbox.lock();
+            if outbox.overflowed {
+                outbox.overflowed = false;
+                outbox.queue.clear();
+                let at = now_nanos();
+                outbox.queue.push_front(Outgoing {
+                    change: Change::Reset,
+                    at,
+                });
+            }
+            outbox.queue.pop_front()
+        };
+        let Some(item) = next else {
+            if inner.strong_count() == 0 {
+                return;
+            }
+            // Wake on the next announcement, or check the owner now and then.
+            let notified = std::pin::pin!(link.wake.notified());
+            match crate::load::sleep_until(tokio::time::Instant::now() + Duration::from_secs(1)) {
+                Some(sleep) => {
+                    futures_util::future::select(notified, std::pin::pin!(sleep)).await;
+                }
+                None => notified.await,
+            }
+            continue;
+        };
+        let sent = send(&link, &item).await;
+        if !sent {
+            link.counters.errors.incr();
+            link.outbox.lock().queue.push_front(item);
+            if inner.strong_count() == 0 {
+                return;
+            }
+            pause().await;
+        }
+    }
+}
+
+async fn send(link: &Link, item: &Outgoing) -> bool {
+    // Tag and clear times are recorded first: an instance that misses the
+    // message (gap, or not started yet) finds them there.
+    let remembered = match &item.change {
+        Change::Tags(tags) => {
+            let mut ok = true;
+            for tag in tags {
+                ok &= link
+                    .transport
+                    .remember(&link.records, tag, item.at)
+                    .await
+                    .is_ok();
+            }
+            ok
+        }
+        Change::Cleared => link
+            .transport
+            .remember(&link.records, CLEAR_FIELD, item.at)
+            .await
+            .is_ok(),
+        _ => true,
+    };
+    if !remembered {
+        return false;
+    }
+    let message = Message {
+        format: FORMAT,
+        sender: link.sender,
+        at: item.at,
+        change: item.change.clone(),
+    };
+    match link.transport.publish(&link.stream, message.encode()).await {
+        Ok(_) => {
+            link.counters.published.incr();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Whether the stream lost messages after `after`.
+fn gap(state: &StreamState, after: StreamId, read_any: bool) -> bool {
+    if !read_any {
+        // Still at the synthetic start position: nothing to lose yet.
+        return false;
+    }
+    !state.exists || state.last < after || state.max_deleted > after
+}
+
+/// Applies other instances' changes; detects and recovers from gaps.
+async fn subscribe<V: Value>(link: Arc<Link>, inner: Weak<Inner<V>>) {
+    let start_ms = now_nanos() / 1_000_000;
+    let mut after = StreamId {
+        ms: start_ms.saturating_sub(START_BACK_MS),
+        seq: 0,
+    };
+    let mut read_any = false;
+    let mut reload = true;
+    loop {
+        let Some(cache) = inner.upgrade() else {
+            return;
+        };
+        drop(cache);
+        if reload {
+            match link.transport.recall(&link.records).await {
+                Ok(records) => {
+                    if let Some(cache) = inner.upgrade() {
+                        apply_records(&cache, records);
+                    }
+                    reload = false;
+                    link.set_ready(true);
+                }
+                Err(_) => {
+                    link.counters.errors.incr();
+                    pause().await;
+                    continue;
+                }
+            }
+        }
+        let state = match link.transport.state(&link.stream).await {
+            Ok(state) => state,
+            Err(_) => {
+                link.counters.errors.incr();
+                pause().await;
+                continue;
+            }
+        };
+        if gap(&state, after, read_any) {
+            recover(&link, &inner, &state);
+            after = state.last;
+            reload = true;
+            continue;
+        }
+        match link.transport.read(&link.stream, after, BLOCK).await {
+            Ok(messages) => {
+                let Some(cache) = inner.upgrade() else {
+                    return;
+                };
+                for (id, body) in messages {
+                    after = id;
+                    read_any = true;
+                    let Some(message) = Message::decode(&body) else {
+                        continue;
+                    };
+                    if message.sender != link.sender {
+                        link.counters.received.incr();
+                        apply(&cache, message);
+                    }
+                }
+            }
+            Err(_) => {
+                // Disconnected: whatever happened meanwhile (a restart that
+                // lost the stream, a failover), assume the worst once back.
+                link.counters.errors.incr();
+                pause().await;
+                if read_any {
+                    if let Ok(state) = link.transport.state(&link.stream).await {
+                        recover(&link, &inner, &state);
+                        after = state.last;
+                        reload = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Empties L1: some invalidations may have been lost.
+fn recover<V: Value>(link: &Link, inner: &Weak<Inner<V>>, state: &StreamState) {
+    link.counters.gaps.incr();
+    link.set_ready(false);
+    tracing::warn!(stream = %link.stream, last = %state.last,
+        "backplane gap: invalidations may have been missed; L1 emptied");
+    if let Some(cache) = inner.upgrade() {
+        cache.reset_l1();
+    }
+}
+
+/// Applies the tag and clear times recorded in Redis.
+fn apply_records<V: Value>(inner: &Inner<V>, records: Vec<(String, u64)>) {
+    let now = inner.clock.now();
+    for (field, at) in records {
+        let at = Timestamp::from_nanos(at);
+        if field == CLEAR_FIELD {
+            inner.clear_local(at);
+        } else {
+            inner
+                .invalidations
+                .invalidate_at(&[TagId::from(field.as_str())], at, now);
+        }
+    }
+}
+
+/// Applies one message from another instance to this instance's L1.
+fn apply<V: Value>(inner: &Inner<V>, message: Message) {
+    let at = Timestamp::from_nanos(message.at);
+    match message.change {
+        Change::Removed(keys) => {
+            for key in keys {
+                inner.remove_from_l1(&key);
+            }
+        }
+        Change::Written { key, version } => inner.drop_older(&key, version),
+        Change::Tags(tags) => {
+            let tags: Vec<TagId> = tags.iter().map(|t| TagId::from(t.as_str())).collect();
+            inner
+                .invalidations
+                .invalidate_at(&tags, at, inner.clock.now());
+        }
+        Change::Cleared => inner.clear_local(at),
+        Change::Reset => inner.reset_l1(),
+    }
+}

@@ -1,0 +1,175 @@
+//! The backplane: every form of invalidation reaches every other instance's L1,
+//! own messages are skipped, late starters honour earlier invalidations, and a
+//! Redis restart (lost stream) is detected as a gap.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use common::{s, secs, val};
+use tiered::{Cache, CacheBuilder, ManualClock};
+use tiered_testkit::redis::{RedisConfig, RedisServer};
+use tiered_testkit::Loader;
+
+fn on(redis: &RedisServer, clock: &ManualClock) -> CacheBuilder<String> {
+    Cache::<String>::builder("bp")
+        .clock(clock.clone())
+        .redis(redis.url())
+        .l2_timeout(secs(5))
+        .ttl(secs(600))
+}
+
+/// Polls `check` until it holds (10 s of wall time at most).
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Loads `key` into `cache`'s L1 with `value` (through the loader, not L2).
+async fn hold(cache: &Cache<String>, key: &str, value: &str) {
+    let loader = Loader::returning(s(value));
+    cache.get_or_load(key, loader.load()).await.unwrap();
+    assert!(cache.contains(key).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_reaches_other_instances() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    hold(&b, "k", "old").await;
+    a.remove("k").await.unwrap();
+    until("b drops its copy", || async { !b.contains("k").unwrap() }).await;
+    assert_eq!(val(b.get("k").await), None);
+    // a's own message was not applied back to a.
+    assert_eq!(a.stats().backplane.unwrap().received, 0);
+    assert!(b.stats().backplane.unwrap().received >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_replaces_other_instances_copies() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    a.set("k", s("v1")).await.unwrap();
+    assert_eq!(val(b.get("k").await), Some(s("v1")));
+    a.set("k", s("v2")).await.unwrap();
+    until("b sees v2", || async {
+        val(b.get("k").await) == Some(s("v2"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidation_reaches_other_instances_and_their_l2_reads() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    let opts = b.options().tag("team:7");
+    let loader = Loader::returning(s("tagged"));
+    b.get_or_load_with("k", &opts, loader.load()).await.unwrap();
+    clock.advance(secs(1));
+    a.invalidate_tag("team:7").unwrap();
+    until("b drops its tagged copy", || async {
+        !b.contains("k").unwrap()
+    })
+    .await;
+    // The L2 copy predates the invalidation: b does not read it back.
+    let reload = Loader::returning(s("reloaded"));
+    assert_eq!(
+        val(b.get_or_load_with("k", &opts, reload.load()).await),
+        Some(s("reloaded"))
+    );
+    assert_eq!(reload.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_reaches_other_instances() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    for k in ["x", "y"] {
+        hold(&b, k, "old").await;
+    }
+    clock.advance(secs(1));
+    a.clear();
+    until("b is cleared", || async { b.stats().l1.entries == 0 }).await;
+    assert_eq!(
+        val(b.get("x").await),
+        None,
+        "the L2 copy predates the clear"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_later_honours_earlier_invalidations() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let a = on(&redis, &clock).build().unwrap();
+    let opts = a.options().tag("t");
+    a.set_with("k", s("tagged"), &opts).await.unwrap();
+    clock.advance(secs(1));
+    a.invalidate_tag("t").unwrap();
+    // Let the publisher record the tag time in Redis.
+    until("published", || async {
+        a.stats().backplane.unwrap().published >= 1
+    })
+    .await;
+    let late = on(&redis, &clock).build().unwrap();
+    // No waiting: the first read waits for the records itself.
+    let loader = Loader::returning(s("reloaded"));
+    assert_eq!(
+        val(late.get_or_load_with("k", &opts, loader.load()).await),
+        Some(s("reloaded"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_is_a_gap_and_empties_l1() {
+    let mut redis = RedisServer::start_with(RedisConfig::default());
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    // b has read at least one message, so it knows where it stands.
+    hold(&b, "other", "x").await;
+    a.remove("other").await.unwrap();
+    until("b applied a message", || async {
+        b.stats().backplane.unwrap().received >= 1
+    })
+    .await;
+    hold(&b, "k", "old").await;
+    // Redis loses everything, including the stream.
+    redis.kill();
+    redis.restart();
+    until("b detects the gap", || async {
+        b.stats().backplane.unwrap().gaps >= 1
+    })
+    .await;
+    assert!(
+        !b.contains("k").unwrap(),
+        "L1 emptied: it may have missed invalidations"
+    );
+}
