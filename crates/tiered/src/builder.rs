@@ -53,6 +53,7 @@ pub struct CacheBuilder<V> {
     l2_config: L2Config,
     l1_enabled: bool,
     backplane: bool,
+    transport: Option<Arc<dyn Backplane>>,
 }
 
 /// Where the L2 tier comes from.
@@ -76,6 +77,7 @@ impl<V: Value> CacheBuilder<V> {
             l2_config: L2Config::default(),
             l1_enabled: true,
             backplane: true,
+            transport: None,
         }
     }
 
@@ -275,6 +277,13 @@ impl<V: Value> CacheBuilder<V> {
         self
     }
 
+    /// Carry backplane messages over `transport` instead of the L2's Redis
+    /// (e.g. a wrapper that injects faults, in tests). Needs an L2.
+    pub fn backplane_transport(mut self, transport: impl Backplane) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
     /// `false` keeps nothing in process memory: every read goes to L2 (for
     /// data that must never be served from a local copy, and for measuring L2).
     pub fn l1_enabled(mut self, enabled: bool) -> Self {
@@ -289,7 +298,7 @@ impl<V: Value> CacheBuilder<V> {
     /// [`Error::InvalidConfig`] for an empty or too long namespace, a zero byte
     /// budget, a zero top-keys sampling rate; [`Error::InvalidOption`] for default
     /// options out of range.
-    pub fn build(self) -> Result<Cache<V>> {
+    pub fn build(mut self) -> Result<Cache<V>> {
         validate_namespace(&self.namespace)?;
         if self.l1_max_bytes == 0 || self.l1_max_bytes > MAX_L1_BYTES {
             return Err(Error::InvalidConfig(format!(
@@ -327,7 +336,12 @@ impl<V: Value> CacheBuilder<V> {
             ));
         }
         let namespace: Arc<str> = Arc::from(self.namespace);
-        let mut transport: Option<Arc<dyn Backplane>> = None;
+        let mut transport: Option<Arc<dyn Backplane>> = self.transport.take();
+        if transport.is_some() && self.l2.is_none() {
+            return Err(Error::InvalidConfig(
+                "a backplane transport needs an L2 tier".into(),
+            ));
+        }
         let l2 = match self.l2 {
             None => None,
             Some(source) => {
@@ -335,7 +349,7 @@ impl<V: Value> CacheBuilder<V> {
                     L2Source::Backend(b) => b,
                     L2Source::Redis(r) => {
                         let redis = Arc::new(r.build()?);
-                        if self.backplane {
+                        if self.backplane && transport.is_none() {
                             transport = Some(Arc::clone(&redis) as Arc<dyn Backplane>);
                         }
                         redis

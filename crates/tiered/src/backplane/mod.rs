@@ -17,8 +17,9 @@
 //! disconnect it simply catches up. What it cannot catch up on, it detects — a
 //! **gap**:
 //!
-//! * the stream was trimmed past the last id it applied (`max-deleted-entry-id`
-//!   is newer than it);
+//! * the stream was trimmed past the last id it applied (its first entry is
+//!   newer than that id, or it is empty but has a newer last id), or entries
+//!   after it were deleted (`max-deleted-entry-id`);
 //! * the stream was reset (Redis restarted without persistence, or failed over
 //!   to a replica that had not seen it): its last id is older than ours, or it
 //!   is gone.
@@ -103,8 +104,27 @@ pub struct StreamState {
     pub exists: bool,
     /// The id of the last message ever added (`0-0` if none).
     pub last: StreamId,
-    /// The newest id trimmed away (`0-0` if none).
+    /// The newest id deleted with `XDEL` (`0-0` if none).
     pub max_deleted: StreamId,
+    /// The id of the oldest entry still there (`0-0` if none).
+    pub first: StreamId,
+    /// Entries in the stream now.
+    pub length: u64,
+}
+
+impl StreamState {
+    /// Whether messages after `after` may have been lost: the stream is gone
+    /// or was reset (its last id is older than `after`), or entries after
+    /// `after` were trimmed or deleted. Conservative: when the entry *at*
+    /// `after` was trimmed too, it reports a gap even if nothing unseen was
+    /// (a subscriber that far behind has almost surely missed some).
+    pub fn lost_after(&self, after: StreamId) -> bool {
+        !self.exists
+            || self.last < after
+            || self.max_deleted > after
+            || (self.length == 0 && self.last > after)
+            || (self.length > 0 && self.first > after)
+    }
 }
 
 /// Transport for invalidation messages and the records that outlive them.
@@ -172,5 +192,72 @@ impl Message {
     pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
         let m: Message = postcard::from_bytes(bytes).ok()?;
         (m.format == FORMAT).then_some(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    #[test]
+    fn gaps_are_detected_and_tails_are_not_gaps() {
+        let live = StreamState {
+            exists: true,
+            last: id(50),
+            max_deleted: id(0),
+            first: id(10),
+            length: 41,
+        };
+        assert!(!live.lost_after(id(20)), "behind, nothing trimmed");
+        assert!(!live.lost_after(id(50)), "at the tail");
+        let trimmed = StreamState {
+            first: id(30),
+            ..live
+        };
+        assert!(trimmed.lost_after(id(20)), "entries after 20 were trimmed");
+        assert!(!trimmed.lost_after(id(30)));
+        let emptied = StreamState {
+            length: 0,
+            first: id(0),
+            ..live
+        };
+        assert!(emptied.lost_after(id(20)));
+        assert!(!emptied.lost_after(id(50)));
+        let reset = StreamState {
+            last: id(5),
+            first: id(1),
+            ..live
+        };
+        assert!(reset.lost_after(id(20)), "the stream restarted below us");
+        assert!(StreamState::default().lost_after(id(20)), "gone");
+        let deleted = StreamState {
+            max_deleted: id(25),
+            ..live
+        };
+        assert!(deleted.lost_after(id(20)));
+        assert_eq!(StreamId::parse("12-3"), Some(StreamId { ms: 12, seq: 3 }));
+        assert_eq!(StreamId::parse("x-3"), None);
+        assert_eq!(id(7).to_string(), "7-0");
+    }
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let m = Message {
+            format: FORMAT,
+            sender: 9,
+            at: 1,
+            change: Change::Written {
+                key: "k".into(),
+                version: 3,
+            },
+        };
+        assert_eq!(Message::decode(&m.encode()), Some(m.clone()));
+        assert_eq!(Message::decode(b"garbage"), None);
+        let future = Message { format: 2, ..m };
+        assert_eq!(Message::decode(&future.encode()), None);
     }
 }

@@ -97,6 +97,19 @@ impl Backplane for RedisL2 {
                 match name.as_str() {
                     "last-generated-id" => state.last = id(&value).unwrap_or_default(),
                     "max-deleted-entry-id" => state.max_deleted = id(&value).unwrap_or_default(),
+                    "length" => {
+                        if let RValue::Int(n) = value {
+                            state.length = u64::try_from(n).unwrap_or(0);
+                        }
+                    }
+                    // Redis 7 keeps it even when the first entry is trimmed.
+                    "recorded-first-entry-id" => state.first = id(&value).unwrap_or_default(),
+                    // Older servers: the first entry itself, [id, fields].
+                    "first-entry" if state.first == StreamId::default() => {
+                        if let RValue::Array(entry) = &value {
+                            state.first = entry.first().and_then(id).unwrap_or_default();
+                        }
+                    }
                     _ => {}
                 }
             }

@@ -263,11 +263,8 @@ fn now_nanos() -> u64 {
 
 /// Whether the stream lost messages after `after`.
 fn gap(state: &StreamState, after: StreamId, read_any: bool) -> bool {
-    if !read_any {
-        // Still at the synthetic start position: nothing to lose yet.
-        return false;
-    }
-    !state.exists || state.last < after || state.max_deleted > after
+    // At the synthetic start position there is nothing to lose yet.
+    read_any && state.lost_after(after)
 }
 
 /// Applies other instances' changes; detects and recovers from gaps.
@@ -314,11 +311,29 @@ async fn subscribe<V: Value>(link: Arc<Link>, inner: Weak<Inner<V>>) {
             reload = true;
             continue;
         }
+        let before = after;
         match link.transport.read(&link.stream, after, BLOCK).await {
             Ok(messages) => {
                 let Some(cache) = inner.upgrade() else {
                     return;
                 };
+                if !messages.is_empty() && read_any {
+                    // Trimmed while we were reading? Then what we got may
+                    // skip messages right after `before`.
+                    match link.transport.state(&link.stream).await {
+                        Ok(state) if state.lost_after(before) => {
+                            recover(&link, &inner, &state);
+                            after = state.last;
+                            reload = true;
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            link.counters.errors.incr();
+                            continue; // read again from `before`
+                        }
+                    }
+                }
                 for (id, body) in messages {
                     after = id;
                     read_any = true;

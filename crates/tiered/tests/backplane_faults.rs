@@ -1,0 +1,216 @@
+//! The bounded-staleness promise under faults (see `tiered::backplane`): a
+//! subscriber that falls behind a trimmed stream, a paused Redis, an
+//! invalidation racing a slow load on another instance. After each: no
+//! instance serves the old value past the window, and no invalidation issued
+//! during the fault is forgotten.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{held_load, s, secs, val};
+use tiered::backplane::{Backplane, StreamId, StreamState};
+use tiered::l2::L2Future;
+use tiered::{Cache, CacheBuilder, ManualClock, RedisL2};
+use tiered_testkit::redis::RedisServer;
+use tiered_testkit::Loader;
+
+/// The staleness window after a fault ends (the module docs promise < 1 s).
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// A backplane that can stop delivering: `read` waits while held (the
+/// subscriber falls behind), everything else goes to Redis.
+struct Faulty {
+    redis: RedisL2,
+    held: Arc<AtomicBool>,
+    /// Set while a read waits at the gate (no `XREAD` in flight).
+    parked: Arc<AtomicBool>,
+}
+
+impl Backplane for Faulty {
+    fn publish<'a>(&'a self, stream: &'a str, message: Vec<u8>) -> L2Future<'a, StreamId> {
+        self.redis.publish(stream, message)
+    }
+    fn state<'a>(&'a self, stream: &'a str) -> L2Future<'a, StreamState> {
+        self.redis.state(stream)
+    }
+    fn read<'a>(
+        &'a self,
+        stream: &'a str,
+        after: StreamId,
+        wait: Duration,
+    ) -> L2Future<'a, Vec<(StreamId, Vec<u8>)>> {
+        Box::pin(async move {
+            while self.held.load(Ordering::SeqCst) {
+                self.parked.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.parked.store(false, Ordering::SeqCst);
+            self.redis.read(stream, after, wait).await
+        })
+    }
+    fn remember<'a>(&'a self, key: &'a str, field: &'a str, at: u64) -> L2Future<'a, ()> {
+        self.redis.remember(key, field, at)
+    }
+    fn recall<'a>(&'a self, key: &'a str) -> L2Future<'a, Vec<(String, u64)>> {
+        self.redis.recall(key)
+    }
+}
+
+fn on(redis: &RedisServer, clock: &ManualClock) -> CacheBuilder<String> {
+    Cache::<String>::builder("faults")
+        .clock(clock.clone())
+        .redis(redis.url())
+        .l2_timeout(Duration::from_millis(300))
+        .l2_breaker(2, Duration::from_millis(100))
+        .ttl(secs(600))
+}
+
+async fn until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn hold(cache: &Cache<String>, key: &str, value: &str) {
+    let loader = Loader::returning(s(value));
+    cache.get_or_load(key, loader.load()).await.unwrap();
+    assert!(cache.contains(key).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_behind_a_trimmed_stream_detects_the_gap() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let held = Arc::new(AtomicBool::new(false));
+    let parked = Arc::new(AtomicBool::new(false));
+    let a = on(&redis, &clock).build().unwrap();
+    let b = on(&redis, &clock)
+        .backplane_transport(Faulty {
+            redis: RedisL2::builder(redis.url()).build().unwrap(),
+            held: Arc::clone(&held),
+            parked: Arc::clone(&parked),
+        })
+        .build()
+        .unwrap();
+    // b is synced and has read one message.
+    hold(&b, "warm", "x").await;
+    a.remove("warm").await.unwrap();
+    until("b applied a message", secs(10), || async {
+        b.stats().backplane.unwrap().received >= 1
+    })
+    .await;
+    hold(&b, "k", "old").await;
+    // b stops reading; a removes k; the stream is trimmed past b's position
+    // (as MAXLEN does when a subscriber lags too far).
+    held.store(true, Ordering::SeqCst);
+    until("b's subscriber is parked", secs(10), || async {
+        parked.load(Ordering::SeqCst)
+    })
+    .await;
+    a.remove("k").await.unwrap();
+    a.remove("more").await.unwrap();
+    until("a published", secs(10), || async {
+        a.stats().backplane.unwrap().published >= 3
+    })
+    .await;
+    redis.cli(&["XTRIM", "tiered:faults#bp", "MAXLEN", "1"]);
+    held.store(false, Ordering::SeqCst);
+    let resumed = Instant::now();
+    until("b drops k", WINDOW, || async { !b.contains("k").unwrap() }).await;
+    assert!(b.stats().backplane.unwrap().gaps >= 1);
+    assert_eq!(val(b.get("k").await), None);
+    assert!(resumed.elapsed() < WINDOW);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_issued_while_redis_is_paused_is_not_forgotten() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    hold(&b, "warm", "x").await;
+    a.remove("warm").await.unwrap();
+    until("b synced", secs(10), || async {
+        b.stats().backplane.unwrap().received >= 1
+    })
+    .await;
+    hold(&b, "k", "old").await;
+    let opts = b.options().tag("t");
+    let loader = Loader::returning(s("tagged"));
+    b.get_or_load_with("tagged", &opts, loader.load())
+        .await
+        .unwrap();
+
+    redis.pause();
+    // Issued during the outage: applied locally at once, kept for the others.
+    a.remove("k").await.unwrap();
+    clock.advance(secs(1));
+    a.invalidate_tag("t").unwrap();
+    assert!(!a.contains("k").unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.resume();
+    let resumed = Instant::now();
+    until("b drops k and the tagged entry", secs(5), || async {
+        !b.contains("k").unwrap() && !b.contains("tagged").unwrap()
+    })
+    .await;
+    let took = resumed.elapsed();
+    assert!(took < secs(3), "{took:?} after Redis resumed");
+    // And L2 agrees, for everyone (the removal was replayed there too).
+    until("the removal reached L2", secs(5), || async {
+        redis.cli(&["EXISTS", "tiered:faults:k"]).trim() == "0"
+    })
+    .await;
+    let c = on(&redis, &clock).build().unwrap();
+    assert_eq!(val(c.get("k").await), None);
+    let reload = Loader::returning(s("reloaded"));
+    assert_eq!(
+        val(c.get_or_load_with("tagged", &opts, reload.load()).await),
+        Some(s("reloaded"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_load_on_another_instance_does_not_outlive_an_invalidation() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    hold(&b, "warm", "x").await;
+    a.remove("warm").await.unwrap();
+    until("b synced", secs(10), || async {
+        b.stats().backplane.unwrap().received >= 1
+    })
+    .await;
+    // b's loader reads the database before a's update...
+    let loader = Loader::returning(s("read before the update"));
+    let call = held_load(&b, &loader, "k", b.options()).await;
+    // ...a updates the key...
+    a.set("k", s("new")).await.unwrap();
+    until("b heard of it", secs(10), || async {
+        b.stats().backplane.unwrap().received >= 2
+    })
+    .await;
+    // ...then b's slow load finishes. Its caller gets what it read, but no
+    // tier keeps it.
+    loader.release();
+    call.await.unwrap().unwrap();
+    assert_eq!(val(b.get("k").await), Some(s("new")));
+    let c = on(&redis, &clock).build().unwrap();
+    assert_eq!(val(c.get("k").await), Some(s("new")));
+}
