@@ -49,6 +49,8 @@ echo "--- bench smoke: l1-hit"
 cargo run --quiet -p tiered-bench --bin l1-hit -- --threads 1 --ops 20000 --rounds 1
 echo "--- bench smoke: l2-get"
 cargo run --quiet -p tiered-bench --bin l2-get -- --ops 6400 --rounds 1
+echo "--- bench smoke: backplane-latency"
+cargo run --quiet -p tiered-bench --bin backplane-latency -- --n 20
 echo "--- bench smoke: hit-ratio on gli and loop"
 cargo run --quiet -p tiered-bench --bin hit-ratio -- --only gli,loop
 

@@ -1,6 +1,7 @@
 //! Two service instances sharing one Redis: what one loads, the other reads from
-//! L2 without touching the database; a removal reaches both; a rate-limit
-//! counter and a read-modify-write that never loses an update.
+//! L2 without touching the database; a removal on one reaches the other's L1
+//! through the backplane; a rate-limit counter and a read-modify-write that
+//! never loses an update.
 //!
 //! Run: `REDIS_URL=redis://127.0.0.1:6379 cargo run -p tiered --example two_tier`
 //! (`REDIS_URL` defaults to that; `rediss://user:pass@host/2` for TLS, ACL and
@@ -81,6 +82,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (left, _) = a.get_versioned("sku-1").await?.ok_or("gone")?;
     println!("stock after two concurrent sales: {}", left.stock);
     assert_eq!(left.stock, 10);
+
+    // The backplane: a removal on one instance reaches the other's L1.
+    b.get_or_load("sku-2", load("sku-2")).await?;
+    assert!(b.contains("sku-2")?);
+    let started = std::time::Instant::now();
+    a.remove("sku-2").await?;
+    while b.contains("sku-2")? {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "backplane too slow"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    println!(
+        "a removed sku-2; b's L1 copy was gone {:.1} ms later",
+        started.elapsed().as_secs_f64() * 1e3
+    );
 
     // A fixed-window rate limit: 3 calls per minute per client.
     let limit = |n: i64| if n > 3 { "rejected" } else { "allowed" };
