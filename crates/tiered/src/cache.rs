@@ -411,6 +411,49 @@ impl<V: Value> Cache<V> {
         Ok(removed || in_l2.unwrap_or(false))
     }
 
+    /// Removes all of `keys` from every tier, as [`remove`](Self::remove) does
+    /// for one, with one L2 round trip and one backplane message.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] for any key, or [`Error::InvalidOption`] for more
+    /// than [`MAX_BATCH_KEYS`] keys; nothing is removed then.
+    pub async fn remove_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<()> {
+        if keys.len() > MAX_BATCH_KEYS {
+            return Err(Error::option(
+                "keys",
+                format!("at most {MAX_BATCH_KEYS} keys per call, got {}", keys.len()),
+            ));
+        }
+        for key in keys {
+            validate_key(key.as_ref())?;
+        }
+        let mut keys: Vec<String> = keys.iter().map(|k| k.as_ref().to_owned()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let inner = &self.inner;
+        for key in &keys {
+            inner.remove_from_l1(key);
+        }
+        let Some(l2) = inner.l2.clone() else {
+            return Ok(());
+        };
+        inner.connect();
+        let inner = Arc::clone(inner);
+        // As in `remove`: fenced before and after the L2 delete, in one task.
+        finish_in_task(async move {
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            l2.remove(&refs).await;
+            for key in &keys {
+                inner.remove_from_l1(key);
+            }
+            let now = inner.clock.now();
+            inner.announce(Change::Removed(keys), now);
+        })
+        .await;
+        Ok(())
+    }
+
     /// Drops every entry carrying `tag`, in amortized O(1): the entries are discarded when
     /// next read, and loads already running for tagged keys will not store.
     ///
@@ -614,6 +657,27 @@ impl<V: Value> Inner<V> {
             (Some(link), Some(l2)) => link.wait_ready(l2.timeout()).await,
             _ => true,
         }
+    }
+
+    /// `expire` without L2: replaces the L1 entry with a copy that is stale
+    /// from now (same value and grace end).
+    pub(crate) fn expire_in_l1(&self, key: &str) -> bool {
+        let now = self.clock.now();
+        let mut registry = self.flights.lock(key);
+        registry.fence(key);
+        let Some(held) = self.l1.peek(key) else {
+            return false;
+        };
+        if !matches!(
+            held.freshness(now),
+            Freshness::Fresh | Freshness::RefreshAhead
+        ) {
+            return false;
+        }
+        let stale = held.stale_from(now, self.invalidations.current());
+        held.revoke();
+        self.store(Arc::from(key), stale, now);
+        true
     }
 
     /// Starts the backplane link, if any and not yet started.

@@ -93,6 +93,30 @@ impl<V> Entry<V> {
         }
     }
 
+    /// A copy that is stale from `now` on (value, tags and grace end kept):
+    /// soft invalidation.
+    pub(crate) fn stale_from(&self, now: Timestamp, born: u64) -> Self {
+        Entry {
+            value: self.value.clone(),
+            born,
+            version: self.version,
+            created: self.created,
+            refresh_at: Timestamp::MAX,
+            fresh_until: now.min(self.fresh_until),
+            stale_until: self.stale_until,
+            ttl: self.ttl,
+            load_duration: self.load_duration,
+            xfetch_beta: self.xfetch_beta,
+            tags: self.tags.clone(),
+            weight: self.weight,
+            adaptive: self.adaptive,
+            hits: AtomicU64::new(0),
+            retry_after: AtomicU64::new(0),
+            validated_through: AtomicU64::new(0),
+            revoked: AtomicBool::new(false),
+        }
+    }
+
     /// The metadata the L2 envelope carries.
     pub(crate) fn meta(&self) -> Meta {
         Meta {

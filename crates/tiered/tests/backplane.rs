@@ -173,3 +173,69 @@ async fn a_redis_restart_is_a_gap_and_empties_l1() {
         "L1 emptied: it may have missed invalidations"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keys_removed_at_once_reach_other_instances() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    for k in ["1", "2", "3"] {
+        hold(&b, k, "old").await;
+    }
+    a.remove_many(&["1", "2", "2"]).await.unwrap();
+    until("b drops 1 and 2", || async {
+        !b.contains("1").unwrap() && !b.contains("2").unwrap()
+    })
+    .await;
+    assert!(b.contains("3").unwrap());
+    assert_eq!(val(b.get("1").await), None);
+    assert!(a.remove_many(&[""]).await.unwrap_err().is_invalid_input());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_invalidation_reloads_but_keeps_the_fail_safe_value() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let make = || on(&redis, &clock).grace(secs(3600)).build().unwrap();
+    let (a, b) = (make(), make());
+    a.set("k", s("v1")).await.unwrap();
+    assert_eq!(val(b.get("k").await), Some(s("v1")));
+    assert!(a.expire("k").await.unwrap());
+    until("b's fresh copy is gone", || async {
+        !b.contains("k").unwrap()
+    })
+    .await;
+    // The source is down: the old value is still served, everywhere.
+    let down: Loader<String> = Loader::new(tiered_testkit::Step::Fail("down".into()));
+    assert_eq!(val(b.get_or_load("k", down.load()).await), Some(s("v1")));
+    assert_eq!(val(a.get_or_load("k", down.load()).await), Some(s("v1")));
+    assert_eq!(down.calls(), 2, "each read tried to revalidate");
+    // The source is back: the next read (after the back-off) revalidates.
+    clock.advance(secs(60));
+    let up = Loader::returning(s("v2"));
+    assert_eq!(val(a.get_or_load("k", up.load()).await), Some(s("v2")));
+    assert!(!a.expire("missing").await.unwrap());
+}
+
+#[tokio::test]
+async fn soft_invalidation_without_l2() {
+    let clock = ManualClock::new();
+    let cache = Cache::<String>::builder("local")
+        .clock(clock.clone())
+        .ttl(secs(60))
+        .grace(secs(600))
+        .build()
+        .unwrap();
+    cache.set("k", s("v1")).await.unwrap();
+    assert!(cache.expire("k").await.unwrap());
+    assert!(!cache.contains("k").unwrap(), "no longer fresh");
+    let down: Loader<String> = Loader::new(tiered_testkit::Step::Fail("down".into()));
+    assert_eq!(
+        val(cache.get_or_load("k", down.load()).await),
+        Some(s("v1"))
+    );
+    assert_eq!(down.calls(), 1);
+}

@@ -226,6 +226,53 @@ impl<V: Value> Cache<V> {
     pub async fn touch(&self, key: &str, ttl: Duration) -> Result<bool> {
         validate_key(key)?;
         check_ttl(ttl)?;
+        self.rewrite(key, |meta, now| {
+            if now >= meta.fresh_until {
+                return false;
+            }
+            let grace = meta.stale_until.saturating_since(meta.fresh_until);
+            meta.fresh_until = now.saturating_add(ttl);
+            meta.stale_until = meta.fresh_until.saturating_add(grace);
+            meta.refresh_at = Timestamp::MAX;
+            meta.ttl = ttl;
+            true
+        })
+        .await
+    }
+
+    /// Soft invalidation: marks the entry at `key` stale instead of removing
+    /// it, in every tier and on every instance. The next read loads it again,
+    /// but if the loader fails the old value is still served within its grace
+    /// window (fail-safe). Returns `false` if there was no fresh entry.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`]; [`Error::L2`] when L2 is configured but
+    /// unreachable (a remove, unlike this, is kept and replayed).
+    pub async fn expire(&self, key: &str) -> Result<bool> {
+        validate_key(key)?;
+        if self.inner.l2.is_none() {
+            return Ok(self.inner.expire_in_l1(key));
+        }
+        self.rewrite(key, |meta, now| {
+            if now >= meta.fresh_until {
+                return false;
+            }
+            meta.fresh_until = now;
+            meta.refresh_at = Timestamp::MAX;
+            true
+        })
+        .await
+    }
+
+    /// Rewrites the L2 envelope at `key` with `edit` (which may refuse), as a
+    /// compare-and-set on its version, then installs the result in L1 and tells
+    /// the other instances. Retries when another writer got there first.
+    async fn rewrite(
+        &self,
+        key: &str,
+        edit: impl Fn(&mut super::envelope::Meta, Timestamp) -> bool,
+    ) -> Result<bool> {
         let l2 = self.l2()?;
         let inner = &self.inner;
         let keys = [l2.layout.entry(key)];
@@ -239,15 +286,10 @@ impl<V: Value> Cache<V> {
             };
             let now = inner.clock.now();
             let mut meta = decoded.meta;
-            if now >= meta.fresh_until {
+            let old_version = meta.version;
+            if !edit(&mut meta, now) {
                 return Ok(false);
             }
-            let grace = meta.stale_until.saturating_since(meta.fresh_until);
-            let old_version = meta.version;
-            meta.fresh_until = now.saturating_add(ttl);
-            meta.stale_until = meta.fresh_until.saturating_add(grace);
-            meta.refresh_at = Timestamp::MAX;
-            meta.ttl = ttl;
             meta.version = old_version.saturating_add(1).max(l2.next_version());
             let Some(write) = l2.encode(key, &meta, decoded.value.as_ref()) else {
                 return Ok(false);
@@ -258,20 +300,15 @@ impl<V: Value> Cache<V> {
             if stored {
                 let opts = Arc::clone(&inner.defaults);
                 let born = inner.begin_load(&opts, now).born;
+                let version = meta.version;
                 let d = super::envelope::Decoded {
                     meta,
                     value: decoded.value,
                 };
-                let version = d.meta.version;
                 let entry = inner.entry_from_l2(key, d, &opts, born, now);
                 inner.replace(key, entry, now);
-                inner.announce(
-                    Change::Written {
-                        key: key.to_owned(),
-                        version,
-                    },
-                    now,
-                );
+                let key = key.to_owned();
+                inner.announce(Change::Written { key, version }, now);
                 return Ok(true);
             }
         }
