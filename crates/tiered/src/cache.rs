@@ -454,6 +454,44 @@ impl<V: Value> Cache<V> {
         Ok(())
     }
 
+    /// Removes every key matching the glob `pattern` (Redis `MATCH` syntax:
+    /// `*`, `?`, `[a-z]`, `\\x`; e.g. `user:42:*`) from every tier and every
+    /// instance. L2 is walked with `SCAN` (never `KEYS`), on every master of a
+    /// Cluster; this costs time in proportion to the namespace's size, so
+    /// prefer tags for groups you invalidate often. Returns how many keys L2
+    /// held.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for an empty or too long pattern;
+    /// [`Error::L2`] if L2 could not be walked (this instance's L1, and the
+    /// other instances' through the backplane, are still invalidated).
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+        if pattern.is_empty() || pattern.len() > crate::MAX_KEY_LEN {
+            return Err(Error::option("pattern", "must be 1 to MAX_KEY_LEN bytes"));
+        }
+        let inner = &self.inner;
+        inner.connect();
+        inner.remove_matching_from_l1(pattern);
+        let Some(l2) = inner.l2.clone() else {
+            return Ok(0);
+        };
+        let (inner, pattern) = (Arc::clone(inner), pattern.to_owned());
+        let result = finish_in_task(async move {
+            let removed = l2.remove_matching(&pattern).await;
+            // Again after the walk: loads that read a key before it was deleted.
+            inner.remove_matching_from_l1(&pattern);
+            let now = inner.clock.now();
+            inner.announce(Change::Pattern(pattern), now);
+            removed
+        })
+        .await;
+        match result {
+            Some(removed) => Ok(removed?),
+            None => Err(Error::LoadAborted),
+        }
+    }
+
     /// Drops every entry carrying `tag`, in amortized O(1): the entries are discarded when
     /// next read, and loads already running for tagged keys will not store.
     ///
@@ -656,6 +694,15 @@ impl<V: Value> Inner<V> {
         match (&self.backplane, &self.l2) {
             (Some(link), Some(l2)) => link.wait_ready(l2.timeout()).await,
             _ => true,
+        }
+    }
+
+    /// Fences loads of, and removes from L1, every key matching `pattern`.
+    pub(crate) fn remove_matching_from_l1(&self, pattern: &str) {
+        let hit = |key: &str| crate::invalidate::glob::matches(pattern, key);
+        self.flights.fence_matching(hit);
+        for key in self.l1.keys_matching(hit) {
+            self.remove_from_l1(&key);
         }
     }
 

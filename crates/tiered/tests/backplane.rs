@@ -131,9 +131,10 @@ async fn an_instance_started_later_honours_earlier_invalidations() {
     a.set_with("k", s("tagged"), &opts).await.unwrap();
     clock.advance(secs(1));
     a.invalidate_tag("t").unwrap();
-    // Let the publisher record the tag time in Redis.
+    // Let the publisher record the tag time in Redis (the set's message is
+    // published first, the tag's second).
     until("published", || async {
-        a.stats().backplane.unwrap().published >= 1
+        a.stats().backplane.unwrap().published >= 2
     })
     .await;
     let late = on(&redis, &clock).build().unwrap();
@@ -238,4 +239,46 @@ async fn soft_invalidation_without_l2() {
         Some(s("v1"))
     );
     assert_eq!(down.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_invalidation_scans_l2_and_reaches_other_instances() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    let keys = ["user:1:a", "user:1:b", "user:2:a", "user:10:a"];
+    for k in keys {
+        a.set(k, s("v")).await.unwrap();
+    }
+    // Once b has heard of the sets (a message arriving while b reads a key
+    // keeps that read out of b's L1, conservatively), b reads them into L1.
+    until("b heard the sets", || async {
+        b.stats().backplane.unwrap().received >= 4
+    })
+    .await;
+    for k in keys {
+        assert_eq!(val(b.get(k).await), Some(s("v")));
+        assert!(b.contains(k).unwrap());
+    }
+    let removed = a.invalidate_pattern("user:1:*").await.unwrap();
+    assert_eq!(removed, 2);
+    until("b drops user:1:*", || async {
+        !b.contains("user:1:a").unwrap() && !b.contains("user:1:b").unwrap()
+    })
+    .await;
+    assert!(
+        b.contains("user:2:a").unwrap() && b.contains("user:10:a").unwrap(),
+        "{:?}",
+        b.stats()
+    );
+    assert_eq!(val(b.get("user:1:a").await), None);
+    assert_eq!(redis.cli(&["EXISTS", "tiered:bp:user:2:a"]).trim(), "1");
+    assert!(a
+        .invalidate_pattern("")
+        .await
+        .unwrap_err()
+        .is_invalid_input());
 }

@@ -98,3 +98,19 @@ async fn hash_tags_in_keys_share_a_slot() {
         .unwrap();
     assert_eq!(got.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_invalidation_walks_every_master() {
+    let mut cluster = RedisCluster::start();
+    let a = cache(&cluster);
+    for i in 0..40 {
+        a.set(&format!("session:{i}"), s("v")).await.unwrap();
+        a.set(&format!("keep:{i}"), s("v")).await.unwrap();
+    }
+    assert_eq!(a.invalidate_pattern("session:*").await.unwrap(), 40);
+    let left: u64 = cluster.nodes().iter().map(entries_on).sum();
+    assert_eq!(left, 40, "only keep:* remain");
+    let b = cache(&cluster);
+    assert_eq!(val(b.get("session:3").await), None);
+    assert_eq!(val(b.get("keep:3").await), Some(s("v")));
+}

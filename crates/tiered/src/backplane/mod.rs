@@ -175,6 +175,8 @@ pub(crate) enum Change {
     Tags(Vec<String>),
     /// The namespace was cleared.
     Cleared,
+    /// Keys matching a glob pattern were removed.
+    Pattern(String),
     /// The sender lost messages it meant to publish: drop everything.
     Reset,
 }

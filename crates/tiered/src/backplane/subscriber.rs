@@ -406,6 +406,7 @@ fn apply<V: Value>(inner: &Inner<V>, message: Message) {
                 .invalidate_at(&tags, at, inner.clock.now());
         }
         Change::Cleared => inner.clear_local(at),
+        Change::Pattern(pattern) => inner.remove_matching_from_l1(&pattern),
         Change::Reset => inner.reset_l1(),
     }
 }

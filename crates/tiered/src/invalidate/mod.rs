@@ -33,6 +33,8 @@
 //! refused at install, so pruning never lets stale data back in. Memory is one
 //! record per tag invalidated within that horizon.
 
+pub(crate) mod glob;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -166,6 +166,16 @@ impl<V> L1<V> {
         self.shard(hash).write().remove_if_same(key, entry)
     }
 
+    /// The keys held that satisfy `pred` (one shard read-locked at a time).
+    pub(crate) fn keys_matching(&self, pred: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.0.read();
+            out.extend(shard.keys().filter(|k| pred(k)).cloned());
+        }
+        out
+    }
+
     /// Removes everything.
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {

@@ -165,6 +165,11 @@ impl<V> Shard<V> {
         out
     }
 
+    /// The keys held, for a scan (pattern invalidation).
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.keys.iter().flatten()
+    }
+
     fn key_of(&self, t: Token) -> Option<&Arc<str>> {
         self.keys.get(t.index as usize)?.as_ref()
     }

@@ -141,6 +141,10 @@ pub trait L2: Send + Sync + 'static {
     /// this call expires after `ttl` (later calls leave the expiry alone).
     fn incr<'a>(&'a self, key: &'a str, by: i64, ttl: Duration) -> L2Future<'a, i64>;
 
+    /// Deletes every key matching the Redis glob `pattern`, walking the
+    /// keyspace with `SCAN` (every master of a Cluster); returns how many.
+    fn delete_matching<'a>(&'a self, pattern: &'a str) -> L2Future<'a, u64>;
+
     /// A cheap round trip (the breaker's probe).
     fn ping(&self) -> L2Future<'_, ()>;
 }

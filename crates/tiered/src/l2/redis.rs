@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Script, TlsCertificates, Value as RValue};
 use tokio::sync::OnceCell;
 
@@ -481,6 +482,38 @@ impl L2 for RedisL2 {
         })
     }
 
+    fn delete_matching<'a>(&'a self, pattern: &'a str) -> L2Future<'a, u64> {
+        Box::pin(async move {
+            match self.conn().await? {
+                Conn::Cluster(mut cluster) => {
+                    let mut removed = 0;
+                    for (host, port) in masters(&mut cluster).await? {
+                        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host,
+                            port,
+                        });
+                        let mut del = cluster.clone();
+                        removed += scan_delete(pattern, &mut del, |cmd| {
+                            let mut c = cluster.clone();
+                            let route = route.clone();
+                            async move { c.route_command(cmd, route).await }
+                        })
+                        .await?;
+                    }
+                    Ok(removed)
+                }
+                mut conn => {
+                    let scanner = conn.clone();
+                    scan_delete(pattern, &mut conn, |cmd| {
+                        let mut c = scanner.clone();
+                        async move { cmd.query_async::<RValue>(&mut c).await }
+                    })
+                    .await
+                }
+            }
+        })
+    }
+
     fn ping(&self) -> L2Future<'_, ()> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
@@ -491,4 +524,76 @@ impl L2 for RedisL2 {
             Ok(())
         })
     }
+}
+
+/// `SCAN … MATCH pattern` through `scan` (one node), `UNLINK`ing each batch
+/// through `del`. Keys are bytes: another program may have written any.
+async fn scan_delete<F, Fut>(
+    pattern: &str,
+    del: &mut impl ConnectionLike,
+    scan: F,
+) -> Result<u64, L2Error>
+where
+    F: Fn(Cmd) -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<RValue>>,
+{
+    let mut cursor: u64 = 0;
+    let mut removed = 0;
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
+        let reply = scan(cmd).await.map_err(backend)?;
+        let (next, keys): (u64, Vec<Vec<u8>>) =
+            redis::from_redis_value(reply).map_err(|e| L2Error::Command(e.to_string()))?;
+        if !keys.is_empty() {
+            let n: u64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(del)
+                .await
+                .map_err(backend)?;
+            removed += n;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
+/// The masters of a cluster, from `CLUSTER NODES`.
+async fn masters(cluster: &mut ClusterConnection) -> Result<Vec<(String, u16)>, L2Error> {
+    let reply = cluster
+        .route_command(
+            redis::cmd("CLUSTER").arg("NODES").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await
+        .map_err(backend)?;
+    let text: String =
+        redis::from_redis_value(reply).map_err(|e| L2Error::Command(e.to_string()))?;
+    let mut out = Vec::new();
+    // <id> <ip:port@cport[,hostname]> <flags> ...
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+            continue;
+        }
+        let addr = addr.split(['@', ',']).next().unwrap_or_default();
+        if let Some((host, port)) = addr.rsplit_once(':') {
+            if let Ok(port) = port.parse() {
+                out.push((host.to_owned(), port));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(L2Error::Command("CLUSTER NODES listed no master".into()));
+    }
+    Ok(out)
 }

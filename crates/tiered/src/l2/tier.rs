@@ -465,6 +465,22 @@ impl Tier {
         }
     }
 
+    /// Deletes every entry whose key matches `pattern` (a glob on the cache key),
+    /// walking L2 with `SCAN`. Bounded by a generous timeout of its own: a big
+    /// namespace takes a while, and the breaker is not involved.
+    pub(crate) async fn remove_matching(&self, pattern: &str) -> Result<u64, L2Error> {
+        let redis_pattern = self.layout.entry(pattern);
+        let limit = Duration::from_secs(60);
+        let walk = self.backend.delete_matching(&redis_pattern);
+        match crate::load::sleep_until(tokio::time::Instant::now() + limit) {
+            Some(sleep) => match futures_util::future::select(walk, std::pin::pin!(sleep)).await {
+                Either::Left((result, _)) => result,
+                Either::Right(_) => Err(L2Error::Timeout(limit)),
+            },
+            None => walk.await,
+        }
+    }
+
     /// Deletes `key` if it still holds `version` (undoing a write that lost a
     /// race with an invalidation).
     pub(crate) async fn retract(self: &Arc<Self>, key: &str, version: u64) {

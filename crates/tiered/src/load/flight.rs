@@ -160,6 +160,21 @@ impl<V> Flights<V> {
         }
     }
 
+    /// Fences every flight whose key satisfies `pred` (pattern invalidation).
+    pub(crate) fn fence_matching(&self, pred: impl Fn(&str) -> bool) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard.fences += 1;
+            shard.map.retain(|key, flight| {
+                let hit = pred(key);
+                if hit {
+                    flight.fence();
+                }
+                !hit
+            });
+        }
+    }
+
     pub(crate) fn in_flight(&self) -> usize {
         self.shards.iter().map(|s| s.lock().map.len()).sum()
     }
