@@ -386,6 +386,7 @@ impl<V: Value> CacheBuilder<V> {
             l2,
             l1_enabled: self.l1_enabled,
             backplane,
+            events: Default::default(),
         });
         cache.inner.connect();
         Ok(cache)

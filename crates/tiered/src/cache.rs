@@ -18,6 +18,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::entry::{Entry, Freshness};
 use crate::error::{BoxError, Error, Result};
 use crate::filter::BloomFilter;
+use crate::invalidate::events::Template;
 use crate::invalidate::{self, Birth, Invalidations, TagId};
 use crate::key::validate_key;
 use crate::l1::L1;
@@ -86,6 +87,8 @@ pub(crate) struct Inner<V> {
     pub l1_enabled: bool,
     /// The link to the other instances, if any.
     pub backplane: Option<Arc<Link>>,
+    /// Event rules: event name → key and pattern templates.
+    pub events: parking_lot::RwLock<HashMap<String, Vec<Template>>>,
 }
 
 /// A stale entry a waiting caller may fall back on.
@@ -490,6 +493,66 @@ impl<V: Value> Cache<V> {
             Some(removed) => Ok(removed?),
             None => Err(Error::LoadAborted),
         }
+    }
+
+    /// Declares that event `name` invalidates `templates`: keys with `{field}`
+    /// placeholders, or glob patterns (see [`crate::invalidate::events`]).
+    /// Adds to the rules already declared for `name`.
+    ///
+    /// ```
+    /// # let cache = tiered::Cache::<String>::builder("posts").build().unwrap();
+    /// cache.on_event("post.created", &["user:{author_id}:posts", "feed:*"])?;
+    /// # Ok::<(), tiered::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for a malformed template; nothing is declared.
+    pub fn on_event(&self, name: &str, templates: &[&str]) -> Result<()> {
+        let parsed = templates
+            .iter()
+            .map(|t| Template::parse(t))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner
+            .events
+            .write()
+            .entry(name.to_owned())
+            .or_default()
+            .extend(parsed);
+        Ok(())
+    }
+
+    /// Fires event `name` with `fields`: removes the keys and patterns its
+    /// rules name, filled in, from every tier and instance. Returns how many
+    /// keys and patterns that was (0 for an event with no rules).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] if a rule needs a field that is not given, or
+    /// [`Error::InvalidKey`] if a filled-in key is invalid — checked before
+    /// anything is removed; [`Error::L2`] as for
+    /// [`invalidate_pattern`](Self::invalidate_pattern).
+    pub async fn emit(&self, name: &str, fields: &[(&str, &str)]) -> Result<usize> {
+        let (mut keys, mut patterns) = (Vec::new(), Vec::new());
+        if let Some(rules) = self.inner.events.read().get(name) {
+            for rule in rules {
+                let filled = rule.fill(fields)?;
+                validate_key(&filled)?;
+                if rule.pattern {
+                    patterns.push(filled);
+                } else {
+                    keys.push(filled);
+                }
+            }
+        }
+        let n = keys.len() + patterns.len();
+        if !keys.is_empty() {
+            self.remove_many(&keys).await?;
+        }
+        for pattern in patterns {
+            self.invalidate_pattern(&pattern).await?;
+        }
+        Ok(n)
     }
 
     /// Drops every entry carrying `tag`, in amortized O(1): the entries are discarded when

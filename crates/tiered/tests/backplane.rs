@@ -282,3 +282,42 @@ async fn a_pattern_invalidation_scans_l2_and_reaches_other_instances() {
         .unwrap_err()
         .is_invalid_input());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_rules_invalidate_filled_in_keys_and_patterns_everywhere() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    a.on_event("post.created", &["user:{author_id}:posts", "feed:*"])
+        .unwrap();
+    let keys = ["user:42:posts", "user:7:posts", "feed:eu", "feed:us"];
+    for k in keys {
+        hold(&b, k, "old").await;
+    }
+    // A rule that needs a missing field: refused, nothing removed.
+    assert!(a
+        .emit("post.created", &[])
+        .await
+        .unwrap_err()
+        .is_invalid_input());
+    assert_eq!(a.emit("unknown.event", &[("x", "1")]).await.unwrap(), 0);
+    let n = a
+        .emit("post.created", &[("author_id", "42")])
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    until("b drops the event's keys", || async {
+        ["user:42:posts", "feed:eu", "feed:us"]
+            .iter()
+            .all(|k| !b.contains(k).unwrap())
+    })
+    .await;
+    assert!(b.contains("user:7:posts").unwrap());
+    assert!(a
+        .on_event("bad", &["user:{id"])
+        .unwrap_err()
+        .is_invalid_input());
+}
