@@ -368,6 +368,7 @@ impl<V: Value> CacheBuilder<V> {
                 transport,
                 tier.layout.backplane(),
                 tier.layout.records(),
+                tier.layout.schedule(),
             ))),
             _ => None,
         };

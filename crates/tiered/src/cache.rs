@@ -146,6 +146,10 @@ impl<V: Value> Cache<V> {
         CacheBuilder::new(namespace.into())
     }
 
+    pub(crate) fn from_arc(inner: Arc<Inner<V>>) -> Self {
+        Cache { inner }
+    }
+
     pub(crate) fn from_inner(inner: Inner<V>) -> Self {
         Cache {
             inner: Arc::new(inner),
@@ -553,6 +557,39 @@ impl<V: Value> Cache<V> {
             self.invalidate_pattern(&pattern).await?;
         }
         Ok(n)
+    }
+
+    /// Removes `key` at time `at` (by the cache's clock), on every instance.
+    /// The schedule is kept in Redis: it survives restarts, and exactly one
+    /// instance carries it out, within about a second of `at`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`]; [`Error::L2`] without a backplane (it needs
+    /// Redis) or if Redis cannot be reached (nothing is scheduled then).
+    pub async fn remove_at(&self, key: &str, at: Timestamp) -> Result<()> {
+        validate_key(key)?;
+        self.schedule(&format!("k:{key}"), at).await
+    }
+
+    /// Invalidates `tag` at time `at`; see [`remove_at`](Self::remove_at).
+    ///
+    /// # Errors
+    ///
+    /// As [`remove_at`](Self::remove_at), with [`Error::InvalidOption`] for a
+    /// bad tag.
+    pub async fn invalidate_tag_at(&self, tag: &str, at: Timestamp) -> Result<()> {
+        validate_tag(tag)?;
+        self.schedule(&format!("t:{tag}"), at).await
+    }
+
+    async fn schedule(&self, target: &str, at: Timestamp) -> Result<()> {
+        let inner = &self.inner;
+        let (Some(link), Some(l2)) = (&inner.backplane, &inner.l2) else {
+            return Err(Error::L2(crate::l2::L2Error::NotConfigured));
+        };
+        inner.connect();
+        Ok(l2.direct(link.schedule(target, at)).await?)
     }
 
     /// Drops every entry carrying `tag`, in amortized O(1): the entries are discarded when

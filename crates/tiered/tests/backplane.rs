@@ -321,3 +321,35 @@ async fn event_rules_invalidate_filled_in_keys_and_patterns_everywhere() {
         .unwrap_err()
         .is_invalid_input());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_invalidations_happen_once_due_on_every_instance() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    hold(&b, "promo", "50% off").await;
+    let opts = b.options().tag("campaign");
+    let loader = Loader::returning(s("banner"));
+    b.get_or_load_with("banner", &opts, loader.load())
+        .await
+        .unwrap();
+    let at = tiered::Clock::now(&clock).saturating_add(secs(10));
+    a.remove_at("promo", at).await.unwrap();
+    a.invalidate_tag_at("campaign", at).await.unwrap();
+    // Not yet due.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(b.contains("promo").unwrap() && b.contains("banner").unwrap());
+    clock.advance(secs(11));
+    until("the scheduled invalidations ran", || async {
+        !b.contains("promo").unwrap() && !b.contains("banner").unwrap()
+    })
+    .await;
+    assert_eq!(val(b.get("promo").await), None);
+    // Done: nothing left in the schedule.
+    assert_eq!(redis.cli(&["ZCARD", "tiered:bp#sched"]).trim(), "0");
+    let no_l2 = Cache::<String>::builder("x").build().unwrap();
+    assert!(no_l2.remove_at("k", at).await.is_err());
+}

@@ -150,6 +150,16 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Every field → time in the hash `key`.
     fn recall<'a>(&'a self, key: &'a str) -> L2Future<'a, Vec<(String, u64)>>;
+
+    /// Adds `member` to the schedule `key`, due at `at_ms` (Unix ms).
+    fn schedule<'a>(&'a self, key: &'a str, member: &'a str, at_ms: u64) -> L2Future<'a, ()>;
+
+    /// Up to `limit` members of the schedule `key` due at or before `now_ms`.
+    fn due<'a>(&'a self, key: &'a str, now_ms: u64, limit: usize) -> L2Future<'a, Vec<String>>;
+
+    /// Takes `member` off the schedule; `true` for the one caller that did
+    /// (so exactly one instance carries a scheduled invalidation out).
+    fn claim<'a>(&'a self, key: &'a str, member: &'a str) -> L2Future<'a, bool>;
 }
 
 /// One invalidation, as it travels.

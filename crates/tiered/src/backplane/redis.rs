@@ -193,6 +193,48 @@ impl Backplane for RedisL2 {
         })
     }
 
+    fn schedule<'a>(&'a self, key: &'a str, member: &'a str, at_ms: u64) -> L2Future<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            redis::cmd("ZADD")
+                .arg(key)
+                .arg(at_ms)
+                .arg(member)
+                .exec_async(&mut conn)
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn due<'a>(&'a self, key: &'a str, now_ms: u64, limit: usize) -> L2Future<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(key)
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn claim<'a>(&'a self, key: &'a str, member: &'a str) -> L2Future<'a, bool> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let n: i64 = redis::cmd("ZREM")
+                .arg(key)
+                .arg(member)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+    }
+
     fn recall<'a>(&'a self, key: &'a str) -> L2Future<'a, Vec<(String, u64)>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;

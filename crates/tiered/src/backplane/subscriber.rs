@@ -15,6 +15,7 @@ use super::{Backplane, Change, Message, StreamId, StreamState, BLOCK, FORMAT, RE
 use crate::cache::Inner;
 use crate::clock::Timestamp;
 use crate::invalidate::TagId;
+use crate::l2::L2Error;
 use crate::stats::Counter;
 use crate::Value;
 
@@ -72,6 +73,7 @@ pub(crate) struct Link {
     transport: Arc<dyn Backplane>,
     stream: String,
     records: String,
+    schedule: String,
     sender: u64,
     outbox: Mutex<Outbox>,
     wake: Notify,
@@ -84,11 +86,17 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn new(transport: Arc<dyn Backplane>, stream: String, records: String) -> Self {
+    pub(crate) fn new(
+        transport: Arc<dyn Backplane>,
+        stream: String,
+        records: String,
+        schedule: String,
+    ) -> Self {
         Link {
             transport,
             stream,
             records,
+            schedule,
             sender: fastrand::u64(..),
             outbox: Mutex::new(Outbox::default()),
             wake: Notify::new(),
@@ -149,6 +157,16 @@ impl Link {
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Schedules `target` (`k:<key>` or `t:<tag>`) for invalidation at `at`.
+    pub(crate) async fn schedule(&self, target: &str, at: Timestamp) -> Result<(), L2Error> {
+        // Unique, so the same target can be scheduled at several times.
+        let member = format!("{:016x}|{target}", fastrand::u64(..));
+        let at_ms = at.as_nanos() / 1_000_000;
+        self.transport
+            .schedule(&self.schedule, &member, at_ms)
+            .await
     }
 
     /// Starts the publisher and the subscriber (once; needs a runtime).
@@ -312,6 +330,7 @@ async fn subscribe<V: Value>(link: Arc<Link>, inner: Weak<Inner<V>>) {
             continue;
         }
         let before = after;
+        run_due(&link, &inner).await;
         match link.transport.read(&link.stream, after, BLOCK).await {
             Ok(messages) => {
                 let Some(cache) = inner.upgrade() else {
@@ -359,6 +378,37 @@ async fn subscribe<V: Value>(link: Arc<Link>, inner: Weak<Inner<V>>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Carries out the scheduled invalidations that are due (by the cache's
+/// clock). Each is claimed first, so exactly one instance does it; what it
+/// does reaches the others through the backplane as usual.
+async fn run_due<V: Value>(link: &Link, inner: &Weak<Inner<V>>) {
+    let Some(cache) = inner.upgrade() else {
+        return;
+    };
+    let now_ms = cache.clock.now().as_nanos() / 1_000_000;
+    let Ok(due) = link.transport.due(&link.schedule, now_ms, 100).await else {
+        return; // the next round retries
+    };
+    let cache = crate::Cache::from_arc(cache);
+    for member in due {
+        if !matches!(
+            link.transport.claim(&link.schedule, &member).await,
+            Ok(true)
+        ) {
+            continue;
+        }
+        let target = member.split_once('|').map_or("", |(_, t)| t);
+        let done = match target.split_once(':') {
+            Some(("k", key)) => cache.remove(key).await.map(drop),
+            Some(("t", tag)) => cache.invalidate_tag(tag),
+            _ => Ok(()), // not ours: claimed and dropped
+        };
+        if let Err(error) = done {
+            tracing::warn!(%target, %error, "scheduled invalidation failed");
         }
     }
 }

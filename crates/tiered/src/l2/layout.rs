@@ -6,6 +6,7 @@
 //! {prefix}:{namespace}#c:{key}            a counter (Cache::incr)
 //! {prefix}:{namespace}#bp                 the backplane stream
 //! {prefix}:{namespace}#tags               tag invalidation and clear times
+//! {prefix}:{namespace}#sched              scheduled invalidations
 //! ```
 //!
 //! # Escaping
@@ -60,6 +61,11 @@ impl Layout {
     /// The backplane stream of this cache (see [`crate::backplane`]).
     pub fn backplane(&self) -> String {
         format!("{}#bp", self.space)
+    }
+
+    /// The schedule of invalidations (a sorted set by due time).
+    pub fn schedule(&self) -> String {
+        format!("{}#sched", self.space)
     }
 
     /// The hash of tag invalidation and clear times.
