@@ -59,6 +59,15 @@ impl Backplane for Faulty {
     fn recall<'a>(&'a self, key: &'a str) -> L2Future<'a, Vec<(String, u64)>> {
         self.redis.recall(key)
     }
+    fn schedule<'a>(&'a self, key: &'a str, member: &'a str, at_ms: u64) -> L2Future<'a, ()> {
+        self.redis.schedule(key, member, at_ms)
+    }
+    fn due<'a>(&'a self, key: &'a str, now_ms: u64, limit: usize) -> L2Future<'a, Vec<String>> {
+        self.redis.due(key, now_ms, limit)
+    }
+    fn claim<'a>(&'a self, key: &'a str, member: &'a str) -> L2Future<'a, bool> {
+        self.redis.claim(key, member)
+    }
 }
 
 fn on(redis: &RedisServer, clock: &ManualClock) -> CacheBuilder<String> {
