@@ -430,16 +430,28 @@ fn ping(port: u16) -> bool {
 }
 
 /// A port free right now; for cluster nodes, its bus port (+10000) too.
+///
+/// Never the same port twice in one process: a server that was killed keeps
+/// its port for [`RedisServer::restart`], and another test must not grab it
+/// meanwhile (the test would then talk to someone else's server).
 fn free_port(cluster: bool) -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let port = listener.local_addr().expect("local addr").port();
-        if !cluster {
-            return port;
+        let mut used = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = |p: u16| used.contains(&p);
+        if taken(port) || (cluster && taken(port + 10_000)) {
+            continue;
         }
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
+        if cluster && (port >= 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err()) {
+            continue;
         }
+        used.push(port);
+        if cluster {
+            used.push(port + 10_000);
+        }
+        return port;
     }
 }
 

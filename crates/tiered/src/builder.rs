@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::backplane::subscriber::Link;
-use crate::backplane::Backplane;
+use crate::backplane::{Backplane, Change};
 use crate::cache::{Cache, Inner, Weigher};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -373,6 +373,19 @@ impl<V: Value> CacheBuilder<V> {
             _ => None,
         };
         let weigher = self.weigher.unwrap_or_else(|| Arc::new(encoded_size::<V>));
+        if let (Some(link), Some(tier)) = (&backplane, &l2) {
+            let link = Arc::clone(link);
+            let clock = Arc::clone(&self.clock);
+            tier.on_replayed(Arc::new(move |removed, written| {
+                let now = clock.now();
+                if !removed.is_empty() {
+                    link.announce(Change::Removed(removed), now);
+                }
+                for (key, version) in written {
+                    link.announce(Change::Written { key, version }, now);
+                }
+            }));
+        }
         let cache = Cache::from_inner(Inner {
             recorder: Recorder::new(&namespace),
             namespace,

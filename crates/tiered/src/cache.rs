@@ -559,6 +559,31 @@ impl<V: Value> Cache<V> {
         Ok(n)
     }
 
+    /// Waits up to `limit` until every invalidation this instance announced has
+    /// been published to the other instances; returns whether it was. Call it
+    /// before a short-lived process (a job, a CLI) exits: `remove`, `set` and
+    /// the others return once *this* instance and L2 are up to date, and
+    /// publish to the others in the background.
+    pub async fn sync_backplane(&self, limit: Duration) -> bool {
+        let Some(link) = &self.inner.backplane else {
+            return true;
+        };
+        self.inner.connect();
+        let deadline = Instant::now() + limit;
+        loop {
+            if link.drained() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            match crate::load::sleep_until(Instant::now() + Duration::from_millis(2)) {
+                Some(sleep) => sleep.await,
+                None => return link.drained(),
+            }
+        }
+    }
+
     /// Removes `key` at time `at` (by the cache's clock), on every instance.
     /// The schedule is kept in Redis: it survives restarts, and exactly one
     /// instance carries it out, within about a second of `at`.
@@ -859,23 +884,22 @@ impl<V: Value> Inner<V> {
         self.l1.clear();
     }
 
-    /// Another instance wrote `key` at `version`: drop an older copy here.
+    /// Another instance wrote `key` at `version`: drop any other copy here.
+    /// (Any *other* version, not only older ones: two racing `set`s are
+    /// ordered in L2 by arrival, not by version, so only L2 knows which won —
+    /// the next read asks it.) Dependants are invalidated either way.
     pub(crate) fn drop_older(&self, key: &str, version: u64) {
-        let dropped = {
+        {
             let mut registry = self.flights.lock(key);
             registry.fence(key);
-            match self.l1.peek(key) {
-                Some(held) if held.version < version => {
+            if let Some(held) = self.l1.peek(key) {
+                if held.version != version {
                     held.revoke();
                     self.l1.remove_entry(key, &held);
-                    true
                 }
-                _ => false,
             }
-        };
-        if dropped {
-            self.invalidations.key_changed(key, self.clock.now());
         }
+        self.invalidations.key_changed(key, self.clock.now());
     }
 
     /// Fences loads of `key`, drops and revokes its L1 entry, invalidates its

@@ -110,6 +110,8 @@ pub struct StreamState {
     pub first: StreamId,
     /// Entries in the stream now.
     pub length: u64,
+    /// Entries ever added (`entries-added`, Redis 7; 0 if unknown).
+    pub added: u64,
 }
 
 impl StreamState {
@@ -119,11 +121,14 @@ impl StreamState {
     /// `after` was trimmed too, it reports a gap even if nothing unseen was
     /// (a subscriber that far behind has almost surely missed some).
     pub fn lost_after(&self, after: StreamId) -> bool {
+        // Anything ever removed from the stream? (Unknown before Redis 7:
+        // assume so.)
+        let removed_any = self.added == 0 || self.added > self.length;
         !self.exists
             || self.last < after
             || self.max_deleted > after
-            || (self.length == 0 && self.last > after)
-            || (self.length > 0 && self.first > after)
+            || (removed_any && self.length == 0 && self.last > after)
+            || (removed_any && self.length > 0 && self.first > after)
     }
 }
 
@@ -185,10 +190,11 @@ pub(crate) enum Change {
     Tags(Vec<String>),
     /// The namespace was cleared.
     Cleared,
-    /// Keys matching a glob pattern were removed.
-    Pattern(String),
     /// The sender lost messages it meant to publish: drop everything.
     Reset,
+    /// Keys matching a glob pattern were removed.
+    Pattern(String),
+    // New variants go at the end: postcard encodes the variant's index.
 }
 
 /// The current wire format.
@@ -223,7 +229,10 @@ mod tests {
             max_deleted: id(0),
             first: id(10),
             length: 41,
+            added: 60,
         };
+        let never_trimmed = StreamState { added: 41, ..live };
+        assert!(!never_trimmed.lost_after(id(0)), "reading from the start");
         assert!(!live.lost_after(id(20)), "behind, nothing trimmed");
         assert!(!live.lost_after(id(50)), "at the tail");
         let trimmed = StreamState {

@@ -97,6 +97,11 @@ impl Backplane for RedisL2 {
                 match name.as_str() {
                     "last-generated-id" => state.last = id(&value).unwrap_or_default(),
                     "max-deleted-entry-id" => state.max_deleted = id(&value).unwrap_or_default(),
+                    "entries-added" => {
+                        if let RValue::Int(n) = value {
+                            state.added = u64::try_from(n).unwrap_or(0);
+                        }
+                    }
                     "length" => {
                         if let RValue::Int(n) = value {
                             state.length = u64::try_from(n).unwrap_or(0);

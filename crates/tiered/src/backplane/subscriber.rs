@@ -38,6 +38,27 @@ struct Outgoing {
 struct Outbox {
     queue: VecDeque<Outgoing>,
     overflowed: bool,
+    /// Tag invalidations and the clear time that arrived while the queue was
+    /// full, coalesced (latest time per tag): a reset alone would not record
+    /// them in Redis for instances that read L2 later.
+    tags: std::collections::HashMap<String, u64>,
+    cleared: Option<u64>,
+}
+
+impl Outbox {
+    /// Keeps what must not be lost of `change` outside the queue.
+    fn coalesce(&mut self, change: &Change, at: u64) {
+        match change {
+            Change::Tags(tags) => {
+                for tag in tags {
+                    let t = self.tags.entry(tag.clone()).or_insert(at);
+                    *t = (*t).max(at);
+                }
+            }
+            Change::Cleared => self.cleared = Some(self.cleared.unwrap_or(at).max(at)),
+            _ => {}
+        }
+    }
 }
 
 /// Counters behind `Stats::backplane`.
@@ -78,6 +99,8 @@ pub(crate) struct Link {
     outbox: Mutex<Outbox>,
     wake: Notify,
     started: AtomicBool,
+    /// A change taken off the queue and not yet published.
+    in_flight: std::sync::atomic::AtomicUsize,
     /// The tag and clear records are loaded: entries read from L2 can be
     /// judged. False at start and after a gap, until they are (re)loaded.
     ready: AtomicBool,
@@ -101,6 +124,7 @@ impl Link {
             outbox: Mutex::new(Outbox::default()),
             wake: Notify::new(),
             started: AtomicBool::new(false),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             ready: AtomicBool::new(false),
             became_ready: Notify::new(),
             counters: Counters::default(),
@@ -143,12 +167,19 @@ impl Link {
         }
     }
 
+    /// Whether every announced change has been published.
+    pub(crate) fn drained(&self) -> bool {
+        let outbox = self.outbox.lock();
+        outbox.queue.is_empty() && !outbox.overflowed && self.in_flight.load(Ordering::Acquire) == 0
+    }
+
     /// Queues `change` for the other instances.
     pub(crate) fn announce(&self, change: Change, at: Timestamp) {
         {
             let mut outbox = self.outbox.lock();
             if outbox.queue.len() >= MAX_OUTBOX {
                 outbox.overflowed = true;
+                outbox.coalesce(&change, at.as_nanos());
             } else {
                 outbox.queue.push_back(Outgoing {
                     change,
@@ -180,8 +211,25 @@ impl Link {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        runtime.spawn(publish(Arc::clone(self), Arc::downgrade(inner)));
-        runtime.spawn(subscribe(Arc::clone(self), Arc::downgrade(inner)));
+        // If either task ends without the cache being dropped (its runtime
+        // shut down), the next call on another runtime starts them again.
+        struct Restart(Arc<Link>);
+        impl Drop for Restart {
+            fn drop(&mut self) {
+                self.0.started.store(false, Ordering::Release);
+            }
+        }
+        let (p, s) = (Restart(Arc::clone(self)), Restart(Arc::clone(self)));
+        let weak = Arc::downgrade(inner);
+        runtime.spawn(async move {
+            publish(Arc::clone(&p.0), weak).await;
+            drop(p);
+        });
+        let weak = Arc::downgrade(inner);
+        runtime.spawn(async move {
+            subscribe(Arc::clone(&s.0), weak).await;
+            drop(s);
+        });
     }
 }
 
@@ -197,15 +245,38 @@ async fn publish<V: Value>(link: Arc<Link>, inner: Weak<Inner<V>>) {
         let next = {
             let mut outbox = link.outbox.lock();
             if outbox.overflowed {
+                // Replace the queue by a reset (every instance empties its
+                // L1), then the tag and clear invalidations it held, which
+                // must still be recorded for entries read from L2 later.
                 outbox.overflowed = false;
-                outbox.queue.clear();
+                let queued: Vec<Outgoing> = outbox.queue.drain(..).collect();
+                for item in &queued {
+                    outbox.coalesce(&item.change, item.at);
+                }
                 let at = now_nanos();
-                outbox.queue.push_front(Outgoing {
+                outbox.queue.push_back(Outgoing {
                     change: Change::Reset,
                     at,
                 });
+                let tags: Vec<(String, u64)> = outbox.tags.drain().collect();
+                for (tag, at) in tags {
+                    outbox.queue.push_back(Outgoing {
+                        change: Change::Tags(vec![tag]),
+                        at,
+                    });
+                }
+                if let Some(at) = outbox.cleared.take() {
+                    outbox.queue.push_back(Outgoing {
+                        change: Change::Cleared,
+                        at,
+                    });
+                }
             }
-            outbox.queue.pop_front()
+            let next = outbox.queue.pop_front();
+            if next.is_some() {
+                link.in_flight.fetch_add(1, Ordering::AcqRel);
+            }
+            next
         };
         let Some(item) = next else {
             if inner.strong_count() == 0 {
@@ -222,9 +293,15 @@ async fn publish<V: Value>(link: Arc<Link>, inner: Weak<Inner<V>>) {
             continue;
         };
         let sent = send(&link, &item).await;
-        if !sent {
+        if sent {
+            link.in_flight.fetch_sub(1, Ordering::AcqRel);
+        } else {
             link.counters.errors.incr();
-            link.outbox.lock().queue.push_front(item);
+            {
+                let mut outbox = link.outbox.lock();
+                outbox.queue.push_front(item);
+                link.in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
             if inner.strong_count() == 0 {
                 return;
             }
@@ -279,26 +356,28 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Whether the stream lost messages after `after`.
-fn gap(state: &StreamState, after: StreamId, read_any: bool) -> bool {
-    // At the synthetic start position there is nothing to lose yet.
-    read_any && state.lost_after(after)
-}
-
 /// Applies other instances' changes; detects and recovers from gaps.
+///
+/// The position starts 5 s back on the host clock, pulled back to the
+/// stream's last id once it is known (so a host clock ahead of Redis's does
+/// not skip messages). From the first successful look at the stream on, every
+/// loss is a gap: the stream gone, reset, trimmed past us, an undecodable
+/// message, or any failure talking to Redis (we cannot know what happened
+/// meanwhile: a restart, a failover).
 async fn subscribe<V: Value>(link: Arc<Link>, inner: Weak<Inner<V>>) {
     let start_ms = now_nanos() / 1_000_000;
     let mut after = StreamId {
         ms: start_ms.saturating_sub(START_BACK_MS),
         seq: 0,
     };
-    let mut read_any = false;
+    let mut positioned = false;
     let mut reload = true;
+    // Set by any failure; the next successful look at the stream is a gap.
+    let mut disconnected = false;
     loop {
-        let Some(cache) = inner.upgrade() else {
+        if inner.strong_count() == 0 {
             return;
-        };
-        drop(cache);
+        }
         if reload {
             match link.transport.recall(&link.records).await {
                 Ok(records) => {
@@ -310,6 +389,7 @@ async fn subscribe<V: Value>(link: Arc<Link>, inner: Weak<Inner<V>>) {
                 }
                 Err(_) => {
                     link.counters.errors.incr();
+                    disconnected = true;
                     pause().await;
                     continue;
                 }
@@ -319,63 +399,78 @@ async fn subscribe<V: Value>(link: Arc<Link>, inner: Weak<Inner<V>>) {
             Ok(state) => state,
             Err(_) => {
                 link.counters.errors.incr();
+                disconnected = true;
                 pause().await;
                 continue;
             }
         };
-        if gap(&state, after, read_any) {
+        if !positioned {
+            after = after.min(state.last);
+            positioned = true;
+        }
+        // A stream that is gone (or never was) while we stand at 0-0 is
+        // simply empty: nothing to recover from again.
+        let gone_and_known = !state.exists && after == StreamId::default();
+        if disconnected || (state.lost_after(after) && !gone_and_known) {
+            disconnected = false;
             recover(&link, &inner, &state);
             after = state.last;
             reload = true;
+            pause().await;
             continue;
         }
         let before = after;
         run_due(&link, &inner).await;
-        match link.transport.read(&link.stream, after, BLOCK).await {
-            Ok(messages) => {
-                let Some(cache) = inner.upgrade() else {
-                    return;
-                };
-                if !messages.is_empty() && read_any {
-                    // Trimmed while we were reading? Then what we got may
-                    // skip messages right after `before`.
-                    match link.transport.state(&link.stream).await {
-                        Ok(state) if state.lost_after(before) => {
-                            recover(&link, &inner, &state);
-                            after = state.last;
-                            reload = true;
-                            continue;
-                        }
-                        Ok(_) => {}
-                        Err(_) => {
-                            link.counters.errors.incr();
-                            continue; // read again from `before`
-                        }
-                    }
-                }
-                for (id, body) in messages {
-                    after = id;
-                    read_any = true;
-                    let Some(message) = Message::decode(&body) else {
-                        continue;
-                    };
-                    if message.sender != link.sender {
-                        link.counters.received.incr();
-                        apply(&cache, message);
-                    }
-                }
-            }
+        if let Some(l2) = inner.upgrade().and_then(|c| c.l2.clone()) {
+            l2.nudge().await;
+        }
+        let messages = match link.transport.read(&link.stream, after, BLOCK).await {
+            Ok(messages) => messages,
             Err(_) => {
-                // Disconnected: whatever happened meanwhile (a restart that
-                // lost the stream, a failover), assume the worst once back.
                 link.counters.errors.incr();
+                disconnected = true;
                 pause().await;
-                if read_any {
-                    if let Ok(state) = link.transport.state(&link.stream).await {
-                        recover(&link, &inner, &state);
-                        after = state.last;
-                        reload = true;
-                    }
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        // Trimmed while we were reading? Then what we got may skip messages
+        // right after `before`.
+        match link.transport.state(&link.stream).await {
+            Ok(state) if state.lost_after(before) => {
+                recover(&link, &inner, &state);
+                after = state.last;
+                reload = true;
+                continue;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                link.counters.errors.incr();
+                disconnected = true;
+                continue;
+            }
+        }
+        let Some(cache) = inner.upgrade() else {
+            return;
+        };
+        for (id, body) in messages {
+            after = id;
+            match Message::decode(&body) {
+                Some(message) if message.sender == link.sender => {}
+                Some(message) => {
+                    link.counters.received.incr();
+                    apply(&cache, message);
+                }
+                // Another instance's message we cannot read (a newer format
+                // during a rolling upgrade, or garbage): an invalidation we
+                // cannot apply is a gap, not something to skip.
+                None => {
+                    link.counters.gaps.incr();
+                    tracing::warn!(stream = %link.stream, %id,
+                        "unreadable backplane message; L1 emptied");
+                    cache.reset_l1();
                 }
             }
         }

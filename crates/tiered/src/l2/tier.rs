@@ -46,6 +46,9 @@ const MAX_BATCH_KEYS: usize = 512;
 /// The result of a raw L2 read.
 type RawValues = Result<Vec<Option<Vec<u8>>>, L2Error>;
 
+/// See `Tier::replayed`: (removed cache keys, written cache keys and versions).
+pub(crate) type ReplayHook = Arc<dyn Fn(Vec<String>, Vec<(String, u64)>) + Send + Sync>;
+
 /// How a write treats what L2 already holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteMode {
@@ -112,6 +115,10 @@ pub(crate) struct Tier {
     namespace: Arc<str>,
     last_version: AtomicU64,
     logged_bad: Mutex<HashSet<String>>,
+    /// Told what a replay wrote and removed, so the backplane can tell the
+    /// other instances again: their first notice came while L2 still held the
+    /// old state.
+    replayed: Mutex<Option<ReplayHook>>,
     /// The batching task's queue (started on first read; restarted if its
     /// runtime went away).
     reads: Mutex<Option<mpsc::UnboundedSender<ReadRequest>>>,
@@ -146,7 +153,20 @@ impl Tier {
             last_version: AtomicU64::new(0),
             logged_bad: Mutex::new(HashSet::new()),
             reads: Mutex::new(None),
+            replayed: Mutex::new(None),
             counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn on_replayed(&self, hook: ReplayHook) {
+        *self.replayed.lock() = Some(hook);
+    }
+
+    /// If writes or removals are waiting for L2, try a call (which replays
+    /// them on success). Called periodically, so an idle instance replays too.
+    pub(crate) async fn nudge(self: &Arc<Self>) {
+        if self.pending.len() > 0 {
+            let _ = self.call(self.backend.ping()).await;
         }
     }
 
@@ -564,6 +584,18 @@ impl Tier {
             match written {
                 Ok(()) => {
                     self.counters.replayed.add(n);
+                    let hook = self.replayed.lock().clone();
+                    if let Some(hook) = hook {
+                        let prefix = self.layout.entry("");
+                        let key = |k: &str| k.strip_prefix(&prefix).map(str::to_owned);
+                        let removed = batch.removes.iter().filter_map(|k| key(k)).collect();
+                        let written = batch
+                            .writes
+                            .iter()
+                            .filter_map(|w| Some((key(&w.key)?, w.version)))
+                            .collect();
+                        hook(removed, written);
+                    }
                     tracing::debug!(cache = %self.namespace, n, "replayed pending L2 operations");
                 }
                 Err(_) => {
