@@ -54,6 +54,29 @@
 //! and after a gap. An instance that starts after an invalidation therefore
 //! never reads an L2 entry it invalidated.
 
+//! # Limits (known, not yet fixed)
+//!
+//! * **Clocks.** Tag and clear times, and entry versions, come from each
+//!   instance's clock; an instance whose clock runs ahead can write L2 entries
+//!   that look newer than an invalidation. Keep clocks in sync (NTP).
+//! * **A remote `remove` racing a load here.** If this instance's load read the
+//!   old value from the database before another instance's `remove`, and its
+//!   L2 write lands after that `remove`'s `DEL`, the old value stays in L2 until
+//!   it expires (this instance's L1 copy is dropped by the message). Versioned
+//!   tombstones would close this; `set` races are closed by versions already.
+//! * **Dependencies across instances.** A removal reaches the L1 dependants of
+//!   every instance, but an instance that never declared the dependency judges
+//!   an L2 copy of a dependant without it.
+//! * **Records.** The tag-time hash grows by one field per distinct tag ever
+//!   invalidated; an instance prunes its own copy of the records after the
+//!   longest lifetime it has seen, which may be shorter than other instances'.
+//! * **Throughput.** The publisher sends one message per round trip; past
+//!   about a thousand invalidations a second per instance the outbox grows, and
+//!   an overflow (10,000) resets every instance's L1.
+//! * **Redis settings.** The stream and the records have no TTL: use a
+//!   `noeviction` or `volatile-*` eviction policy, or an evicted stream is
+//!   (correctly, but expensively) a gap for everyone.
+
 pub(crate) mod redis;
 pub(crate) mod subscriber;
 
