@@ -33,7 +33,7 @@
 //! refused at install, so pruning never lets stale data back in. Memory is one
 //! record per tag invalidated within that horizon.
 
-pub(crate) mod events;
+pub mod events;
 pub(crate) mod glob;
 
 use std::collections::HashMap;
