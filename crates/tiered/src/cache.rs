@@ -408,7 +408,7 @@ impl<V: Value> Cache<V> {
         inner.connect();
         let (inner, key) = (Arc::clone(inner), key.to_owned());
         let in_l2 = finish_in_task(async move {
-            let in_l2 = l2.remove(&[&key]).await;
+            let in_l2 = l2.bury(&[&key]).await;
             inner.remove_from_l1(&key);
             let now = inner.clock.now();
             inner.announce(Change::Removed(vec![key]), now);
@@ -450,7 +450,7 @@ impl<V: Value> Cache<V> {
         // As in `remove`: fenced before and after the L2 delete, in one task.
         finish_in_task(async move {
             let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            l2.remove(&refs).await;
+            l2.bury(&refs).await;
             for key in &keys {
                 inner.remove_from_l1(key);
             }

@@ -153,7 +153,8 @@ async fn a_load_fenced_by_a_removal_writes_no_tier() {
         None,
         "the fenced result never reached L2"
     );
-    assert_eq!(redis.cli(&["EXISTS", "tiered:users:k"]).trim(), "0");
+    // What L2 holds is the removal's tombstone, not the fenced value.
+    assert!(!b.inspect("k").await.unwrap().in_l2);
 }
 
 #[tokio::test]
@@ -596,4 +597,31 @@ async fn fail_safe_serves_another_instances_stale_value_from_l2() {
     // Without a value in grace, the error reaches the caller.
     let got = b.get_or_load("never-set", failing.load()).await;
     assert!(got.is_err());
+}
+
+#[tokio::test]
+async fn a_removal_on_another_instance_is_not_undone_by_a_slow_load() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    a.set("k", s("old")).await.unwrap();
+    // b misses and loads; its loader read the database before the update...
+    let fresh_b = on(&redis, &clock).build().unwrap();
+    let loader = Loader::returning(s("read before the removal"));
+    redis.cli(&["DEL", "tiered:users:k"]);
+    let call = held_load(&fresh_b, &loader, "k", fresh_b.options()).await;
+    // ...a removes the key (b hears nothing: no backplane here)...
+    clock.advance(Duration::from_millis(1));
+    a.remove("k").await.unwrap();
+    // ...and b's load finishes after: its L2 write is older than the
+    // removal's tombstone and is refused.
+    loader.release();
+    call.await.unwrap().unwrap();
+    let c = on(&redis, &clock).build().unwrap();
+    assert_eq!(val(c.get("k").await), None);
+    assert!(!c.inspect("k").await.unwrap().in_l2);
+    drop(b);
 }

@@ -139,6 +139,22 @@ fn aad(redis_key: &str, header: &[u8]) -> Vec<u8> {
     aad
 }
 
+/// Whether `bytes` is a removal's tombstone: an absent entry with no
+/// lifetime at all (fresh until = stale until = created).
+pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
+    let field = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| b.first_chunk::<8>().copied())
+    };
+    match (bytes.first(), bytes.get(9), field(10), field(26), field(34)) {
+        (Some(&FORMAT), Some(flags), Some(created), Some(fresh), Some(stale)) => {
+            flags & FLAG_ABSENT != 0 && created == fresh && fresh == stale
+        }
+        _ => false,
+    }
+}
+
 /// The version of an envelope, without decoding the rest.
 pub(crate) fn version_of(bytes: &[u8]) -> Option<u64> {
     match bytes {

@@ -119,6 +119,10 @@ pub trait L2: Send + Sync + 'static {
     /// Stores each write, replacing whatever is there (an explicit `set`).
     fn set(&self, writes: Vec<L2Write>) -> L2Future<'_, ()>;
 
+    /// Stores each write, replacing whatever is there, and returns what was
+    /// there (`SET … GET`).
+    fn swap(&self, writes: Vec<L2Write>) -> L2Future<'_, Vec<Option<Vec<u8>>>>;
+
     /// Stores each write unless the key holds a value whose version is the same
     /// or newer; returns, per write, whether it was stored. This is how a slow
     /// load, or a replayed write, never overwrites a newer value.

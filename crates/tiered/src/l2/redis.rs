@@ -391,6 +391,26 @@ impl L2 for RedisL2 {
         })
     }
 
+    fn swap(&self, writes: Vec<L2Write>) -> L2Future<'_, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            let conn = self.conn().await?;
+            let calls = writes.iter().map(|w| {
+                let mut conn = conn.clone();
+                async move {
+                    redis::cmd("SET")
+                        .arg(&w.key)
+                        .arg(&w.value[..])
+                        .arg("PX")
+                        .arg(millis(w.ttl))
+                        .arg("GET")
+                        .query_async::<Option<Vec<u8>>>(&mut conn)
+                        .await
+                }
+            });
+            try_join_all(calls).await.map_err(backend)
+        })
+    }
+
     fn set_if_newer(&self, writes: Vec<L2Write>) -> L2Future<'_, Vec<bool>> {
         Box::pin(async move {
             let conn = self.conn().await?;

@@ -36,6 +36,10 @@ use crate::stats::Counter;
 /// How many keys whose bad data is logged one by one; past that, bad data is
 /// only counted (a flood of garbage must not become a flood of logs).
 const MAX_LOGGED_BAD_KEYS: usize = 1024;
+/// How long a removal's tombstone stays in L2: longer than any load that
+/// started before the removal can still be running (the default hard timeout
+/// is 30 s; a longer one leaves a window past this).
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 /// Replay batch size.
 const REPLAY_BATCH: usize = 256;
 /// Read batches on the wire at once; more reads wait and are merged.
@@ -475,6 +479,53 @@ impl Tier {
                     self.pending.forget(key);
                 }
                 n > 0
+            }
+            Err(_) => {
+                for key in redis_keys {
+                    self.keep(key, Op::Remove);
+                }
+                false
+            }
+        }
+    }
+
+    /// Removes the entries at `keys` by writing a short-lived *tombstone* over
+    /// each: an absent entry with no lifetime (a miss for every reader) and a
+    /// fresh version. A load that started before this removal writes with an
+    /// older version and is refused (see [`WriteMode::IfNewer`]) — on this
+    /// instance or any other — so it cannot put the removed value back. The
+    /// tombstone outlives any such load: it expires after [`TOMBSTONE_TTL`].
+    /// Returns whether any key held a live entry. Removals that cannot reach L2
+    /// are kept for replay (as plain deletes) and report `false`.
+    pub(crate) async fn bury(self: &Arc<Self>, keys: &[&str]) -> bool {
+        let now = self.clock.now();
+        let writes: Vec<L2Write> = keys
+            .iter()
+            .filter_map(|key| {
+                let meta = Meta {
+                    version: self.next_version(),
+                    created: now,
+                    refresh_at: crate::clock::Timestamp::MAX,
+                    fresh_until: now,
+                    stale_until: now,
+                    ttl: Duration::ZERO,
+                    load_duration: Duration::ZERO,
+                    tags: Vec::new(),
+                };
+                let mut write = self.encode::<()>(key, &meta, None)?;
+                write.ttl = TOMBSTONE_TTL;
+                Some(write)
+            })
+            .collect();
+        let redis_keys: Vec<String> = writes.iter().map(|w| w.key.clone()).collect();
+        match self.call(self.backend.swap(writes)).await {
+            Ok(old) => {
+                for key in &redis_keys {
+                    self.pending.forget(key);
+                }
+                old.iter()
+                    .flatten()
+                    .any(|bytes| !envelope::is_tombstone(bytes))
             }
             Err(_) => {
                 for key in redis_keys {

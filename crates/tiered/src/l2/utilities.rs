@@ -355,7 +355,9 @@ impl<V: Value> Cache<V> {
         if let Some(l2) = &inner.l2 {
             let keys = [l2.layout.entry(key)];
             let raw = l2.direct(l2.backend().get_many(&keys)).await?;
-            if let Some(bytes) = raw.into_iter().next().flatten() {
+            // A removal's tombstone is not an entry.
+            let raw = raw.into_iter().next().flatten();
+            if let Some(bytes) = raw.filter(|b| !super::envelope::is_tombstone(b)) {
                 out.l2_bytes = Some(bytes.len());
                 if let Some(d) = l2.decode::<V>(key, &bytes) {
                     out.in_l2 = true;
