@@ -59,11 +59,11 @@
 //! * **Clocks.** Tag and clear times, and entry versions, come from each
 //!   instance's clock; an instance whose clock runs ahead can write L2 entries
 //!   that look newer than an invalidation. Keep clocks in sync (NTP).
-//! * **A remote `remove` racing a load here.** If this instance's load read the
-//!   old value from the database before another instance's `remove`, and its
-//!   L2 write lands after that `remove`'s `DEL`, the old value stays in L2 until
-//!   it expires (this instance's L1 copy is dropped by the message). Versioned
-//!   tombstones would close this; `set` races are closed by versions already.
+//! * **Slow loads and removals.** A removal leaves a versioned tombstone in L2
+//!   for 60 s, which refuses the L2 write of any load that started before it
+//!   (on any instance). A load still running after that (a hard timeout above
+//!   60 s) could put its old value back. A removal replayed after an outage is
+//!   a plain `DEL`, without that protection.
 //! * **Dependencies across instances.** A removal reaches the L1 dependants of
 //!   every instance, but an instance that never declared the dependency judges
 //!   an L2 copy of a dependant without it.
