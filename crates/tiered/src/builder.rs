@@ -137,6 +137,12 @@ impl<V: Value> CacheBuilder<V> {
         self
     }
 
+    /// Default distributed stampede protection. See [`Options::distributed`].
+    pub fn distributed(mut self, enabled: bool) -> Self {
+        self.defaults = self.defaults.distributed(enabled);
+        self
+    }
+
     /// Default XFetch β. See [`Options::xfetch`].
     pub fn xfetch(mut self, beta: f64) -> Self {
         self.defaults = self.defaults.xfetch(beta);

@@ -81,6 +81,7 @@ pub struct Options {
     pub(crate) adaptive_ttl: Option<AdaptiveTtl>,
     pub(crate) tags: Vec<String>,
     pub(crate) depends_on: Vec<String>,
+    pub(crate) lease: bool,
 }
 
 impl Default for Options {
@@ -101,6 +102,7 @@ impl Default for Options {
             adaptive_ttl: None,
             tags: Vec::new(),
             depends_on: Vec::new(),
+            lease: false,
         }
     }
 }
@@ -140,6 +142,17 @@ impl Options {
     /// has passed (e.g. `0.8`). Must be in `(0, 1)`.
     pub fn eager_refresh(mut self, fraction: f64) -> Self {
         self.eager_refresh = Some(fraction);
+        self
+    }
+
+    /// One load per key across *all* instances (with L2 on Redis): the first
+    /// instance to miss takes a lease on the key in Redis and loads; the others
+    /// wait for its value instead of querying the database too. Eager and
+    /// XFetch refreshes take the lease as well, so one instance refreshes a hot
+    /// key for everyone. See [`crate::load::lease`] for timeouts and failure
+    /// handling. Without L2 this changes nothing.
+    pub fn distributed(mut self, enabled: bool) -> Self {
+        self.lease = enabled;
         self
     }
 

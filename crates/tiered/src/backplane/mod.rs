@@ -217,6 +217,8 @@ pub(crate) enum Change {
     Reset,
     /// Keys matching a glob pattern were removed.
     Pattern(String),
+    /// A lease holder stored a value for this key in L2 (wakes waiters).
+    Filled(String),
     // New variants go at the end: postcard encodes the variant's index.
 }
 

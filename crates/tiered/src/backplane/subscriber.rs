@@ -99,6 +99,8 @@ pub(crate) struct Link {
     outbox: Mutex<Outbox>,
     wake: Notify,
     started: AtomicBool,
+    /// Wake-ups for lease waiters, by key.
+    waiters: Mutex<std::collections::HashMap<String, std::sync::Weak<Notify>>>,
     /// A change taken off the queue and not yet published.
     in_flight: std::sync::atomic::AtomicUsize,
     /// The tag and clear records are loaded: entries read from L2 can be
@@ -125,6 +127,7 @@ impl Link {
             wake: Notify::new(),
             started: AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            waiters: Mutex::new(std::collections::HashMap::new()),
             ready: AtomicBool::new(false),
             became_ready: Notify::new(),
             counters: Counters::default(),
@@ -164,6 +167,30 @@ impl Link {
         self.ready.store(ready, Ordering::Release);
         if ready {
             self.became_ready.notify_waiters();
+        }
+    }
+
+    /// A wake-up for waiters on `key` (see [`crate::load::lease`]).
+    pub(crate) fn waiter(&self, key: &str) -> Arc<Notify> {
+        let mut waiters = self.waiters.lock();
+        if let Some(notify) = waiters.get(key).and_then(std::sync::Weak::upgrade) {
+            return notify;
+        }
+        waiters.retain(|_, w| w.strong_count() > 0);
+        let notify = Arc::new(Notify::new());
+        waiters.insert(key.to_owned(), Arc::downgrade(&notify));
+        notify
+    }
+
+    /// Wakes the waiters on `key`.
+    pub(crate) fn wake(&self, key: &str) {
+        let notify = self
+            .waiters
+            .lock()
+            .get(key)
+            .and_then(std::sync::Weak::upgrade);
+        if let Some(notify) = notify {
+            notify.notify_waiters();
         }
     }
 
@@ -552,6 +579,11 @@ fn apply<V: Value>(inner: &Inner<V>, message: Message) {
         }
         Change::Cleared => inner.clear_local(at),
         Change::Pattern(pattern) => inner.remove_matching_from_l1(&pattern),
+        Change::Filled(key) => {
+            if let Some(link) = &inner.backplane {
+                link.wake(&key);
+            }
+        }
         Change::Reset => inner.reset_l1(),
     }
 }

@@ -73,6 +73,25 @@ impl Layout {
         format!("{}#tags", self.space)
     }
 
+    /// The lease and fencing-counter keys for a cache key, in the same Cluster
+    /// slot as its entry: the entry key's own hash tag if it has one, else the
+    /// whole entry key as the tag. `None` for the rare key whose braces make
+    /// that impossible (`{}` or an unmatched `}` before any tag): such keys are
+    /// loaded with in-process single-flight only.
+    pub fn lease(&self, key: &str) -> Option<(String, String)> {
+        let entry = self.entry(key);
+        if let Some(open) = entry.find('{') {
+            return match entry[open + 1..].find('}') {
+                Some(len) if len > 0 => Some((format!("{entry}#lock"), format!("{entry}#fence"))),
+                _ => None,
+            };
+        }
+        if entry.contains('}') {
+            return None;
+        }
+        Some((format!("{{{entry}}}#lock"), format!("{{{entry}}}#fence")))
+    }
+
     /// The Redis key of a counter.
     pub fn counter(&self, key: &str) -> String {
         format!("{}#c:{key}", self.space)

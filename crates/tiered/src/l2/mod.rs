@@ -149,6 +149,37 @@ pub trait L2: Send + Sync + 'static {
     /// keyspace with `SCAN` (every master of a Cluster); returns how many.
     fn delete_matching<'a>(&'a self, pattern: &'a str) -> L2Future<'a, u64>;
 
+    /// Takes the lease `lock` if nobody holds it, for `ttl`: returns a fencing
+    /// number (from the counter `fence`, so every lease of a key gets a larger
+    /// one), or `None` if the lease is held. `lock` and `fence` share the value
+    /// key's Cluster slot (see [`layout::Layout::lease`]).
+    fn lease_acquire<'a>(
+        &'a self,
+        lock: &'a str,
+        fence: &'a str,
+        ttl: Duration,
+    ) -> L2Future<'a, Option<u64>>;
+
+    /// Extends the lease if `token` still holds it; `false` if it was lost.
+    fn lease_renew<'a>(&'a self, lock: &'a str, token: u64, ttl: Duration) -> L2Future<'a, bool>;
+
+    /// Releases the lease if `token` still holds it (compare-and-delete, so
+    /// a holder whose lease expired can never release someone else's).
+    fn lease_release<'a>(&'a self, lock: &'a str, token: u64) -> L2Future<'a, bool>;
+
+    /// Whether anyone holds the lease.
+    fn lease_held<'a>(&'a self, lock: &'a str) -> L2Future<'a, bool>;
+
+    /// A version-guarded write (as [`set_if_newer`](Self::set_if_newer)) made
+    /// only while `token` holds `lock`: the fencing check at install. `None`
+    /// if the lease was lost (a holder that stalled past it writes nothing).
+    fn set_if_leased<'a>(
+        &'a self,
+        write: L2Write,
+        lock: &'a str,
+        token: u64,
+    ) -> L2Future<'a, Option<bool>>;
+
     /// A cheap round trip (the breaker's probe).
     fn ping(&self) -> L2Future<'_, ()>;
 }

@@ -61,6 +61,43 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
+/// KEYS: lock, fence; ARGV: ttl ms.
+const LEASE_ACQUIRE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], n, 'PX', ARGV[1])
+return n
+";
+
+/// KEYS: lock; ARGV: token, ttl ms.
+const LEASE_RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// KEYS: lock; ARGV: token.
+const LEASE_RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// KEYS: value, lock; ARGV: value, ttl ms, version (8 bytes), token.
+/// -1: lease lost; 0: an equal or newer version is there; 1: stored.
+const SET_IF_LEASED: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[4] then return -1 end
+local cur = redis.call('GET', KEYS[1])
+if cur and string.len(cur) >= 9 and string.byte(cur, 1) == 1
+   and not older(string.sub(cur, 2, 9), ARGV[3]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
 /// KEYS[1]; ARGV: version (8 bytes).
 const DELETE_VERSION: &str = r"
 local cur = redis.call('GET', KEYS[1])
@@ -143,6 +180,10 @@ pub struct RedisL2 {
     compare_and_set: Script,
     delete_version: Script,
     incr: Script,
+    lease_acquire: Script,
+    lease_renew: Script,
+    lease_release: Script,
+    set_if_leased: Script,
 }
 
 impl std::fmt::Debug for RedisL2 {
@@ -229,6 +270,10 @@ impl RedisL2Builder {
             compare_and_set: Script::new(COMPARE_AND_SET),
             delete_version: Script::new(DELETE_VERSION),
             incr: Script::new(INCR),
+            lease_acquire: Script::new(LEASE_ACQUIRE),
+            lease_renew: Script::new(LEASE_RENEW),
+            lease_release: Script::new(LEASE_RELEASE),
+            set_if_leased: Script::new(&format!("{OLDER}{SET_IF_LEASED}")),
         })
     }
 }
@@ -499,6 +544,93 @@ impl L2 for RedisL2 {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(backend)
+        })
+    }
+
+    fn lease_acquire<'a>(
+        &'a self,
+        lock: &'a str,
+        fence: &'a str,
+        ttl: Duration,
+    ) -> L2Future<'a, Option<u64>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let n: u64 = self
+                .lease_acquire
+                .key(lock)
+                .key(fence)
+                .arg(millis(ttl))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok((n > 0).then_some(n))
+        })
+    }
+
+    fn lease_renew<'a>(&'a self, lock: &'a str, token: u64, ttl: Duration) -> L2Future<'a, bool> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let n: i64 = self
+                .lease_renew
+                .key(lock)
+                .arg(token)
+                .arg(millis(ttl))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn lease_release<'a>(&'a self, lock: &'a str, token: u64) -> L2Future<'a, bool> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let n: i64 = self
+                .lease_release
+                .key(lock)
+                .arg(token)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn lease_held<'a>(&'a self, lock: &'a str) -> L2Future<'a, bool> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let n: i64 = redis::cmd("EXISTS")
+                .arg(lock)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn set_if_leased<'a>(
+        &'a self,
+        write: L2Write,
+        lock: &'a str,
+        token: u64,
+    ) -> L2Future<'a, Option<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let n: i64 = self
+                .set_if_leased
+                .key(&write.key)
+                .key(lock)
+                .arg(&write.value[..])
+                .arg(millis(write.ttl))
+                .arg(&write.version.to_be_bytes()[..])
+                .arg(token)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(match n {
+                -1 => None,
+                n => Some(n == 1),
+            })
         })
     }
 

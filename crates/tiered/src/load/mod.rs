@@ -16,6 +16,7 @@
 
 pub mod failsafe;
 pub mod flight;
+pub mod lease;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +34,7 @@ use crate::entry::{Entry, Freshness};
 use crate::error::{BoxError, Error};
 use crate::invalidate::TagId;
 use crate::l2::tier::WriteMode;
+use crate::l2::L2Write;
 use crate::options::{Options, MAX_TTL};
 use crate::Value;
 
@@ -155,6 +157,22 @@ impl<V: Value> LoadTask<V> {
             }
         }
 
+        // One load per key across instances, if asked for (single-key loads).
+        let mut holder = None;
+        if let (true, Some(l2), &[i]) = (opts.lease, &inner.l2, &jobs[..]) {
+            let job = &self.jobs[i];
+            match inner
+                .coordinate(l2, job, &mut fallbacks[i], &opts, self.born, self.refresh)
+                .await
+            {
+                lease::Coordinated::Load(h) => holder = h,
+                lease::Coordinated::Done => {
+                    self.published = true;
+                    return;
+                }
+            }
+        }
+
         inner.recorder.load_started(self.refresh);
         let started = inner.clock.now();
         let wall = Instant::now();
@@ -188,14 +206,27 @@ impl<V: Value> LoadTask<V> {
                         (i, value, entry)
                     })
                     .collect();
-                let written = self.write_l2(&entries).await;
+                let written = self.write_l2(&entries, holder.as_ref()).await;
                 for (i, value, entry) in entries {
                     inner.complete(&self.jobs[i], Ok(value), entry, now);
                 }
                 self.retract_fenced(written, version).await;
+                if let Some(holder) = holder.take() {
+                    holder.release().await;
+                    for job in &self.jobs {
+                        inner.announce_filled(&job.key, now);
+                    }
+                }
             }
             Err(error) => {
                 tracing::debug!(cache = %inner.namespace, %error, "load failed");
+                if let Some(holder) = holder.take() {
+                    // Let another instance try (and wake its waiters to do so).
+                    holder.release().await;
+                    for job in &self.jobs {
+                        inner.announce_filled(&job.key, now);
+                    }
+                }
                 let until = now.saturating_add(opts.failsafe_backoff);
                 for &i in &jobs {
                     let job = &self.jobs[i];
@@ -227,7 +258,12 @@ impl<V: Value> LoadTask<V> {
     /// so another instance missing L1 finds them). A key found absent with no
     /// cached "absent" is deleted from L2 if it had an older value there.
     /// Returns the jobs whose entries were written, with their entries' tags.
-    async fn write_l2(&self, entries: &[Produced<V>]) -> Vec<(usize, Box<[TagId]>)> {
+    /// With a lease `holder`, the write is made only while the lease holds.
+    async fn write_l2(
+        &self,
+        entries: &[Produced<V>],
+        holder: Option<&lease::Holder>,
+    ) -> Vec<(usize, Box<[TagId]>)> {
         let Some(l2) = &self.inner.l2 else {
             return Vec::new();
         };
@@ -253,7 +289,17 @@ impl<V: Value> LoadTask<V> {
         if !absent.is_empty() {
             l2.remove(&absent).await;
         }
-        l2.write(writes, WriteMode::IfNewer).await;
+        match (holder, <[L2Write; 1]>::try_from(writes)) {
+            (Some(holder), Ok([write])) => {
+                if !holder.install(write).await {
+                    // The lease was lost (we stalled past it): a newer holder
+                    // owns the key now; write nothing.
+                    written.clear();
+                }
+            }
+            (_, Ok(one)) => l2.write(one.into(), WriteMode::IfNewer).await,
+            (_, Err(writes)) => l2.write(writes, WriteMode::IfNewer).await,
+        }
         written
     }
 
