@@ -80,6 +80,13 @@ async fn refresh_ahead_runs_once_per_period_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_the_lease_degrades_to_single_flight() {
+    for paused in [false, true] {
+        degrades(paused).await;
+    }
+}
+
+/// Redis killed, or paused (SIGSTOP: calls hang until their timeout).
+async fn degrades(paused: bool) {
     let mut redis = RedisServer::start();
     let clock = ManualClock::new();
     let cache = Cache::<String>::builder("lease")
@@ -89,7 +96,11 @@ async fn with_redis_down_the_lease_degrades_to_single_flight() {
         .distributed(true)
         .build()
         .unwrap();
-    redis.kill();
+    if paused {
+        redis.pause();
+    } else {
+        redis.kill();
+    }
     let loads = Arc::new(AtomicUsize::new(0));
     let mut calls = Vec::new();
     for _ in 0..50 {
@@ -108,4 +119,7 @@ async fn with_redis_down_the_lease_degrades_to_single_flight() {
         assert_eq!(val(call.await.unwrap()), Some(s("v")));
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1, "one load in this process");
+    if paused {
+        redis.resume();
+    }
 }
