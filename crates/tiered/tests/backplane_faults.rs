@@ -231,3 +231,35 @@ async fn a_slow_load_on_another_instance_does_not_outlive_an_invalidation() {
     let c = on(&redis, &clock).build().unwrap();
     assert_eq!(val(c.get("k").await), Some(s("new")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_issued_while_redis_is_paused_reaches_everyone_after_resume() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    hold(&b, "warm", "x").await;
+    a.remove("warm").await.unwrap();
+    until("b synced", secs(10), || async {
+        b.stats().backplane.unwrap().received >= 1
+    })
+    .await;
+    hold(&b, "k", "old").await;
+    redis.pause();
+    // Frozen Redis: the call returns (after the L2 timeout), the removal is
+    // applied here and kept for L2 and the others.
+    a.remove("k").await.unwrap();
+    assert!(!a.contains("k").unwrap());
+    assert!(b.contains("k").unwrap(), "b cannot know yet");
+    redis.resume();
+    let resumed = Instant::now();
+    until("b drops k", WINDOW, || async { !b.contains("k").unwrap() }).await;
+    assert!(resumed.elapsed() < WINDOW);
+    let c = on(&redis, &clock).build().unwrap();
+    until("L2 agrees", secs(5), || async {
+        val(c.get("k").await).is_none()
+    })
+    .await;
+}
