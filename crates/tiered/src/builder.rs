@@ -375,6 +375,7 @@ impl<V: Value> CacheBuilder<V> {
                 tier.layout.backplane(),
                 tier.layout.records(),
                 tier.layout.schedule(),
+                tier.layout.depended(),
             ))),
             _ => None,
         };

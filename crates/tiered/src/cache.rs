@@ -366,7 +366,9 @@ impl<V: Value> Cache<V> {
         inner.connect();
         let version = entry.as_ref().map_or(0, |e| e.version);
         let (inner, key) = (Arc::clone(inner), key.to_owned());
+        let depends_on = opts.depends_on.clone();
         finish_in_task(async move {
+            inner.mark_dependencies(&depends_on).await;
             match write {
                 Some(write) => l2.write(vec![write], WriteMode::Overwrite).await,
                 // Cannot be encoded for L2: at least do not leave the old
@@ -376,6 +378,9 @@ impl<V: Value> Cache<V> {
                 }
             }
             inner.replace(&key, entry, now);
+            inner
+                .dependencies_changed(std::slice::from_ref(&key), now)
+                .await;
             inner.announce(Change::Written { key, version }, now);
         })
         .await;
@@ -411,7 +416,9 @@ impl<V: Value> Cache<V> {
             let in_l2 = l2.bury(&[&key]).await;
             inner.remove_from_l1(&key);
             let now = inner.clock.now();
-            inner.announce(Change::Removed(vec![key]), now);
+            let keys = vec![key];
+            inner.dependencies_changed(&keys, now).await;
+            inner.announce(Change::Removed(keys), now);
             in_l2
         })
         .await;
@@ -455,6 +462,7 @@ impl<V: Value> Cache<V> {
                 inner.remove_from_l1(key);
             }
             let now = inner.clock.now();
+            inner.dependencies_changed(&keys, now).await;
             inner.announce(Change::Removed(keys), now);
         })
         .await;
@@ -850,6 +858,36 @@ impl<V: Value> Inner<V> {
         held.revoke();
         self.store(Arc::from(key), stale, now);
         true
+    }
+
+    /// With a backplane: records that the entry being written depends on
+    /// `keys` (so their removal anywhere invalidates it everywhere).
+    pub(crate) async fn mark_dependencies(&self, keys: &[String]) {
+        if let (Some(link), false) = (&self.backplane, keys.is_empty()) {
+            link.mark_depended(keys).await;
+        }
+    }
+
+    /// With a backplane: `keys` were removed or written; those some entry
+    /// depends on are invalidated as dependency tags everywhere (recorded in
+    /// Redis for L2 readers, sent to every instance).
+    pub(crate) async fn dependencies_changed(&self, keys: &[String], now: Timestamp) {
+        let Some(link) = &self.backplane else {
+            return;
+        };
+        let depended = link.depended_on(keys).await;
+        if depended.is_empty() {
+            return;
+        }
+        let tags: Vec<TagId> = depended
+            .iter()
+            .map(|k| invalidate::dependency_tag(k))
+            .collect();
+        self.invalidations.invalidate(&tags, now);
+        self.announce(
+            Change::Tags(tags.iter().map(|t| t.to_string()).collect()),
+            now,
+        );
     }
 
     /// Starts the backplane link, if any and not yet started.

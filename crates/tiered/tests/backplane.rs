@@ -364,3 +364,40 @@ async fn scheduled_invalidations_happen_once_due_on_every_instance() {
     let no_l2 = Cache::<String>::builder("x").build().unwrap();
     assert!(no_l2.remove_at("k", at).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_are_invalidated_on_every_instance_and_in_l2() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    // b builds a page from org:1 (and a report from the page: a chain).
+    let loader = Loader::returning(s("org one"));
+    b.get_or_load("org:1", loader.load()).await.unwrap();
+    let page = b.options().depends_on("org:1");
+    let loader = Loader::returning(s("page built from org 1"));
+    b.get_or_load_with("page", &page, loader.load())
+        .await
+        .unwrap();
+    let report = b.options().depends_on("page");
+    let loader = Loader::returning(s("report built from the page"));
+    b.get_or_load_with("report", &report, loader.load())
+        .await
+        .unwrap();
+    clock.advance(secs(1));
+    // a never declared any dependency; it changes org:1.
+    a.set("org:1", s("org one, renamed")).await.unwrap();
+    until("b drops the page and the report", || async {
+        !b.contains("page").unwrap() && !b.contains("report").unwrap()
+    })
+    .await;
+    // An instance that never loaded them does not take the old copies from L2.
+    let c = on(&redis, &clock).build().unwrap();
+    for (key, opts) in [("page", &page), ("report", &report)] {
+        let reload = Loader::returning(s("rebuilt"));
+        let got = c.get_or_load_with(key, opts, reload.load()).await;
+        assert_eq!(val(got), Some(s("rebuilt")), "{key}");
+    }
+}

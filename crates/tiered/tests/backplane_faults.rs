@@ -59,6 +59,12 @@ impl Backplane for Faulty {
     fn recall<'a>(&'a self, key: &'a str) -> L2Future<'a, Vec<(String, u64)>> {
         self.redis.recall(key)
     }
+    fn mark_depended<'a>(&'a self, set: &'a str, keys: &'a [String]) -> L2Future<'a, ()> {
+        self.redis.mark_depended(set, keys)
+    }
+    fn depended<'a>(&'a self, set: &'a str, keys: &'a [String]) -> L2Future<'a, Vec<bool>> {
+        self.redis.depended(set, keys)
+    }
     fn schedule<'a>(&'a self, key: &'a str, member: &'a str, at_ms: u64) -> L2Future<'a, ()> {
         self.redis.schedule(key, member, at_ms)
     }

@@ -45,6 +45,16 @@
 //! order when Redis is back. If the outbox overflows, the instance publishes a
 //! *reset* when it can, which makes every other instance empty its L1.
 //!
+//! # Dependencies across instances
+//!
+//! An entry that depends on key K carries the tag `k:K` (see
+//! [`crate::invalidate`]). When a dependant goes to L2, K is added to a Redis
+//! set of depended-on keys; when any instance removes or sets K and finds it
+//! in that set, it invalidates `k:K` like a tag — recorded in Redis and sent
+//! to everyone — so every instance drops its dependants, including copies it
+//! would read from L2 later, transitively (inherited tags) and cycle-safe (no
+//! graph walk).
+//!
 //! # Tags and clears outlive the stream
 //!
 //! An entry read from L2 is judged by its creation time against the times of
@@ -178,6 +188,12 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Every field → time in the hash `key`.
     fn recall<'a>(&'a self, key: &'a str) -> L2Future<'a, Vec<(String, u64)>>;
+
+    /// Adds `keys` to the set `set` (the keys some entry depends on).
+    fn mark_depended<'a>(&'a self, set: &'a str, keys: &'a [String]) -> L2Future<'a, ()>;
+
+    /// For each of `keys`, whether it is in the set `set`.
+    fn depended<'a>(&'a self, set: &'a str, keys: &'a [String]) -> L2Future<'a, Vec<bool>>;
 
     /// Adds `member` to the schedule `key`, due at `at_ms` (Unix ms).
     fn schedule<'a>(&'a self, key: &'a str, member: &'a str, at_ms: u64) -> L2Future<'a, ()>;

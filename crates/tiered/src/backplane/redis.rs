@@ -198,6 +198,37 @@ impl Backplane for RedisL2 {
         })
     }
 
+    fn mark_depended<'a>(&'a self, set: &'a str, keys: &'a [String]) -> L2Future<'a, ()> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let mut conn = self.conn().await?;
+            redis::cmd("SADD")
+                .arg(set)
+                .arg(keys)
+                .exec_async(&mut conn)
+                .await
+                .map_err(backend)
+        })
+    }
+
+    fn depended<'a>(&'a self, set: &'a str, keys: &'a [String]) -> L2Future<'a, Vec<bool>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut conn = self.conn().await?;
+            let found: Vec<i64> = redis::cmd("SMISMEMBER")
+                .arg(set)
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            Ok(found.into_iter().map(|n| n == 1).collect())
+        })
+    }
+
     fn schedule<'a>(&'a self, key: &'a str, member: &'a str, at_ms: u64) -> L2Future<'a, ()> {
         Box::pin(async move {
             let mut conn = self.conn().await?;

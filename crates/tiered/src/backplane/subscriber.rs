@@ -95,6 +95,7 @@ pub(crate) struct Link {
     stream: String,
     records: String,
     schedule: String,
+    depended: String,
     sender: u64,
     outbox: Mutex<Outbox>,
     wake: Notify,
@@ -116,12 +117,14 @@ impl Link {
         stream: String,
         records: String,
         schedule: String,
+        depended: String,
     ) -> Self {
         Link {
             transport,
             stream,
             records,
             schedule,
+            depended,
             sender: fastrand::u64(..),
             outbox: Mutex::new(Outbox::default()),
             wake: Notify::new(),
@@ -215,6 +218,38 @@ impl Link {
             }
         }
         self.wake.notify_one();
+    }
+
+    /// Records that entries depend on `keys`.
+    pub(crate) async fn mark_depended(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        if self
+            .transport
+            .mark_depended(&self.depended, keys)
+            .await
+            .is_err()
+        {
+            self.counters.errors.incr();
+        }
+    }
+
+    /// Of `keys` (just removed or written), those some entry depends on.
+    pub(crate) async fn depended_on(&self, keys: &[String]) -> Vec<String> {
+        match self.transport.depended(&self.depended, keys).await {
+            Ok(found) => keys
+                .iter()
+                .zip(found)
+                .filter(|(_, d)| *d)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            Err(_) => {
+                // Unknown: assume they are (a harmless extra invalidation).
+                self.counters.errors.incr();
+                keys.to_vec()
+            }
+        }
     }
 
     /// Schedules `target` (`k:<key>` or `t:<tag>`) for invalidation at `at`.

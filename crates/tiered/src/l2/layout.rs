@@ -7,6 +7,7 @@
 //! {prefix}:{namespace}#bp                 the backplane stream
 //! {prefix}:{namespace}#tags               tag invalidation and clear times
 //! {prefix}:{namespace}#sched              scheduled invalidations
+//! {prefix}:{namespace}#deps               keys some entry depends on
 //! ```
 //!
 //! # Escaping
@@ -61,6 +62,11 @@ impl Layout {
     /// The backplane stream of this cache (see [`crate::backplane`]).
     pub fn backplane(&self) -> String {
         format!("{}#bp", self.space)
+    }
+
+    /// The set of keys some entry depends on.
+    pub fn depended(&self) -> String {
+        format!("{}#deps", self.space)
     }
 
     /// The schedule of invalidations (a sorted set by due time).

@@ -289,6 +289,9 @@ impl<V: Value> LoadTask<V> {
         if !absent.is_empty() {
             l2.remove(&absent).await;
         }
+        if !writes.is_empty() {
+            self.inner.mark_dependencies(&self.opts.depends_on).await;
+        }
         match (holder, <[L2Write; 1]>::try_from(writes)) {
             (Some(holder), Ok([write])) => {
                 if !holder.install(write).await {
