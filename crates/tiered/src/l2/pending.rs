@@ -40,6 +40,9 @@ pub(crate) enum Op {
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     ops: Mutex<HashMap<String, Op>>,
+    /// Keys taken by a replay that has not finished: still held for reads
+    /// (L2 may not have their new state yet).
+    replaying: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What to replay, drained from [`Pending`].
@@ -51,6 +54,11 @@ pub(crate) struct Batch {
 impl Pending {
     pub(crate) fn len(&self) -> usize {
         self.ops.lock().len()
+    }
+
+    /// Nothing kept and nothing being replayed.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.ops.lock().is_empty() && self.replaying.lock().is_empty()
     }
 
     /// Keeps `op` for `key`, replacing whatever was kept for it. Returns `false`
@@ -80,7 +88,19 @@ impl Pending {
 
     /// Whether something is kept for `key`.
     pub(crate) fn holds(&self, key: &str) -> bool {
-        self.ops.lock().contains_key(key)
+        self.ops.lock().contains_key(key) || self.replaying.lock().contains(key)
+    }
+
+    /// A replay of `batch` finished (or was put back): its keys are no longer
+    /// held on its account.
+    pub(crate) fn replayed(&self, batch: &Batch) {
+        let mut replaying = self.replaying.lock();
+        for w in &batch.writes {
+            replaying.remove(&w.key);
+        }
+        for key in &batch.removes {
+            replaying.remove(key);
+        }
     }
 
     /// The key was written or removed successfully since: forget what was kept.
@@ -96,6 +116,7 @@ impl Pending {
     pub(crate) fn drain(&self, n: usize, now: Timestamp) -> Batch {
         let mut ops = self.ops.lock();
         let keys: Vec<String> = ops.keys().take(n).cloned().collect();
+        self.replaying.lock().extend(keys.iter().cloned());
         let mut batch = Batch {
             writes: Vec::new(),
             removes: Vec::new(),
@@ -122,17 +143,17 @@ impl Pending {
     }
 
     /// Puts back what a failed replay took, unless the key got a newer op since.
-    pub(crate) fn restore(&self, batch: Batch, now: Timestamp) {
+    pub(crate) fn restore(&self, batch: &Batch, now: Timestamp) {
         let mut ops = self.ops.lock();
-        for w in batch.writes {
-            ops.entry(w.key).or_insert(Op::Write {
-                value: w.value,
+        for w in &batch.writes {
+            ops.entry(w.key.clone()).or_insert(Op::Write {
+                value: w.value.clone(),
                 version: w.version,
                 stale_until: now.saturating_add(w.ttl),
             });
         }
-        for key in batch.removes {
-            ops.entry(key).or_insert(Op::Remove);
+        for key in &batch.removes {
+            ops.entry(key.clone()).or_insert(Op::Remove);
         }
     }
 }

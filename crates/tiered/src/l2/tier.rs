@@ -280,7 +280,7 @@ impl Tier {
         }
         // A key with a write or removal still waiting for replay: what Redis
         // holds for it is older than what this instance did. A miss.
-        let pending = self.pending.len() > 0;
+        let pending = !self.pending.is_idle();
         let mut bad = Vec::new();
         let out = raw
             .into_iter()
@@ -634,6 +634,7 @@ impl Tier {
             let written = result;
             match written {
                 Ok(()) => {
+                    self.pending.replayed(&batch);
                     self.counters.replayed.add(n);
                     let hook = self.replayed.lock().clone();
                     if let Some(hook) = hook {
@@ -652,7 +653,8 @@ impl Tier {
                 Err(_) => {
                     // Still down: keep them (a newer op for a key wins) and
                     // wait for the next successful call to try again.
-                    self.pending.restore(batch, self.clock.now());
+                    self.pending.restore(&batch, self.clock.now());
+                    self.pending.replayed(&batch);
                     return;
                 }
             }
