@@ -20,7 +20,7 @@ const CALLS: usize = 250;
 const LOAD: Duration = Duration::from_millis(200);
 
 /// A peer: READY, wait for GO, 250 concurrent calls, then DONE <max ms>.
-async fn peer(url: String) {
+async fn peer(url: String, kill_mode: bool) {
     let cache: Cache<String> = Cache::builder("stampede")
         .redis(&url)
         .l2_timeout(Duration::from_secs(2))
@@ -40,14 +40,22 @@ async fn peer(url: String) {
             let got = cache
                 .get_or_load("hot", move || async move {
                     let mut counter = counter;
-                    redis::cmd("INCR")
+                    let n = redis::cmd("INCR")
                         .arg("loads")
                         .query_async::<i64>(&mut counter)
                         .await
                         .map_err(std::io::Error::other)?;
                     println!("LOADING");
                     std::io::stdout().flush()?;
-                    tokio::time::sleep(LOAD).await;
+                    // In the kill run the first load never finishes by itself:
+                    // the parent kills its process mid-load, whatever the
+                    // machine's speed.
+                    let took = if kill_mode && n == 1 {
+                        Duration::from_secs(30)
+                    } else {
+                        LOAD
+                    };
+                    tokio::time::sleep(took).await;
                     Ok::<_, std::io::Error>(Some("the value".to_string()))
                 })
                 .await;
@@ -72,13 +80,14 @@ struct Peer {
 }
 
 /// Starts the peers; returns them and a channel of (peer, line).
-fn spawn(url: &str) -> (Vec<Peer>, mpsc::Receiver<(usize, String)>) {
+fn spawn(url: &str, kill_mode: bool) -> (Vec<Peer>, mpsc::Receiver<(usize, String)>) {
     let me = std::env::current_exe().unwrap();
     let (tx, rx) = mpsc::channel();
     let peers = (0..PEERS)
         .map(|i| {
             let mut child = Command::new(&me)
                 .env("TIERED_PEER", url)
+                .env("TIERED_KILL_MODE", if kill_mode { "1" } else { "0" })
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -109,7 +118,7 @@ fn loads(redis: &RedisServer) -> i64 {
 /// 4 × 250 calls on a cold key: the loader runs exactly once.
 fn one_load_for_all(kill_holder: bool) -> Result<(), String> {
     let redis = RedisServer::start();
-    let (mut peers, rx) = spawn(&redis.url());
+    let (mut peers, rx) = spawn(&redis.url(), kill_holder);
     for _ in 0..PEERS {
         let (_, line) = next(&rx)?;
         if line != "READY" {
@@ -124,7 +133,7 @@ fn one_load_for_all(kill_holder: bool) -> Result<(), String> {
     while done.len() + usize::from(killed.is_some()) < PEERS {
         let (i, line) = next(&rx)?;
         if line == "LOADING" && kill_holder && killed.is_none() {
-            // Halfway through the holder's 200 ms load.
+            // The holder is mid-load (its load would take 30 s).
             std::thread::sleep(LOAD / 2);
             peers[i].child.kill().map_err(|e| e.to_string())?;
             killed = Some(i);
@@ -160,7 +169,8 @@ fn main() {
         .build()
         .unwrap();
     if let Ok(url) = std::env::var("TIERED_PEER") {
-        runtime.block_on(peer(url));
+        let kill_mode = std::env::var("TIERED_KILL_MODE").is_ok_and(|v| v == "1");
+        runtime.block_on(peer(url, kill_mode));
         return;
     }
     let tests: [(&str, bool); 2] = [

@@ -79,23 +79,29 @@ impl Layout {
         format!("{}#tags", self.space)
     }
 
-    /// The lease and fencing-counter keys for a cache key, in the same Cluster
-    /// slot as its entry: the entry key's own hash tag if it has one, else the
-    /// whole entry key as the tag. `None` for the rare key whose braces make
-    /// that impossible (`{}` or an unmatched `}` before any tag): such keys are
-    /// loaded with in-process single-flight only.
+    /// The lease key and the waiters' flag key for a cache key, in the same
+    /// Cluster slot as its entry, and never equal to an entry key nor matched
+    /// by a pattern over entries: `{prefix}:{ns}#lock:{key}` when the key has
+    /// a hash tag of its own (which then decides the slot), else
+    /// `{{prefix}:{ns}:{key}}#lock` (the whole entry key as the tag). `None`
+    /// for the rare key whose braces make that impossible (`{}` or an unmatched
+    /// `}` before any tag): such keys are loaded with in-process
+    /// single-flight only.
     pub fn lease(&self, key: &str) -> Option<(String, String)> {
         let entry = self.entry(key);
-        if let Some(open) = entry.find('{') {
-            return match entry[open + 1..].find('}') {
-                Some(len) if len > 0 => Some((format!("{entry}#lock"), format!("{entry}#fence"))),
+        if let Some(open) = key.find('{') {
+            return match key[open + 1..].find('}') {
+                Some(len) if len > 0 => Some((
+                    format!("{}#lock:{key}", self.space),
+                    format!("{}#wait:{key}", self.space),
+                )),
                 _ => None,
             };
         }
-        if entry.contains('}') {
+        if key.contains('}') {
             return None;
         }
-        Some((format!("{{{entry}}}#lock"), format!("{{{entry}}}#fence")))
+        Some((format!("{{{entry}}}#lock"), format!("{{{entry}}}#wait")))
     }
 
     /// The Redis key of a counter.
@@ -130,6 +136,28 @@ mod tests {
         let tenant = Layout::new("tiered", Some("acme"), "users");
         assert_eq!(tenant.entry("42"), "tiered:acme/users:42");
         assert_eq!(escape("a:b/c{d}%"), "a%3Ab%2Fc%7Bd%7D%25");
+    }
+
+    #[test]
+    fn lease_keys_share_the_entry_slot_and_never_look_like_entries() {
+        let l = Layout::new("tiered", None, "users");
+        assert_eq!(
+            l.lease("42"),
+            Some((
+                "{tiered:users:42}#lock".into(),
+                "{tiered:users:42}#wait".into()
+            ))
+        );
+        // The key's own hash tag decides the slot, for the entry and the lease.
+        assert_eq!(
+            l.lease("user:{42}:profile").map(|(lock, _)| lock),
+            Some("tiered:users#lock:user:{42}:profile".into())
+        );
+        // Not an entry key, and not matched by a pattern over entries.
+        assert!(!l.lease("x").unwrap().0.starts_with("tiered:users:"));
+        for bad in ["a{}b", "a}b"] {
+            assert_eq!(l.lease(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -149,26 +149,44 @@ pub trait L2: Send + Sync + 'static {
     /// keyspace with `SCAN` (every master of a Cluster); returns how many.
     fn delete_matching<'a>(&'a self, pattern: &'a str) -> L2Future<'a, u64>;
 
-    /// Takes the lease `lock` if nobody holds it, for `ttl`: returns a fencing
-    /// number (from the counter `fence`, so every lease of a key gets a larger
-    /// one), or `None` if the lease is held. `lock` and `fence` share the value
-    /// key's Cluster slot (see [`layout::Layout::lease`]).
+    /// Takes the lease `lock` with `token` (random, unique) for `ttl` if
+    /// nobody holds it. If someone does, sets the flag `waiting` (so the holder
+    /// knows to announce its value) and returns `false`. The keys share the
+    /// entry's Cluster slot (see [`layout::Layout::lease`]).
+    ///
+    /// The lease methods have default implementations that answer
+    /// "unsupported" ([`L2Error::Command`]): a backend without them gets
+    /// in-process single-flight, and its breaker is not affected.
     fn lease_acquire<'a>(
         &'a self,
         lock: &'a str,
-        fence: &'a str,
+        waiting: &'a str,
+        token: u64,
         ttl: Duration,
-    ) -> L2Future<'a, Option<u64>>;
+    ) -> L2Future<'a, bool> {
+        let _ = (lock, waiting, token, ttl);
+        unsupported()
+    }
 
     /// Extends the lease if `token` still holds it; `false` if it was lost.
-    fn lease_renew<'a>(&'a self, lock: &'a str, token: u64, ttl: Duration) -> L2Future<'a, bool>;
+    fn lease_renew<'a>(&'a self, lock: &'a str, token: u64, ttl: Duration) -> L2Future<'a, bool> {
+        let _ = (lock, token, ttl);
+        unsupported()
+    }
 
-    /// Releases the lease if `token` still holds it (compare-and-delete, so
-    /// a holder whose lease expired can never release someone else's).
-    fn lease_release<'a>(&'a self, lock: &'a str, token: u64) -> L2Future<'a, bool>;
-
-    /// Whether anyone holds the lease.
-    fn lease_held<'a>(&'a self, lock: &'a str) -> L2Future<'a, bool>;
+    /// Releases the lease if `token` still holds it (compare-and-delete, so a
+    /// holder whose lease expired can never release someone else's). `None`:
+    /// it was not ours any more; `Some(waited)`: released, and whether another
+    /// instance waited.
+    fn lease_release<'a>(
+        &'a self,
+        lock: &'a str,
+        waiting: &'a str,
+        token: u64,
+    ) -> L2Future<'a, Option<bool>> {
+        let _ = (lock, waiting, token);
+        unsupported()
+    }
 
     /// A version-guarded write (as [`set_if_newer`](Self::set_if_newer)) made
     /// only while `token` holds `lock`: the fencing check at install. `None`
@@ -178,10 +196,17 @@ pub trait L2: Send + Sync + 'static {
         write: L2Write,
         lock: &'a str,
         token: u64,
-    ) -> L2Future<'a, Option<bool>>;
+    ) -> L2Future<'a, Option<bool>> {
+        let _ = (write, lock, token);
+        unsupported()
+    }
 
     /// A cheap round trip (the breaker's probe).
     fn ping(&self) -> L2Future<'_, ()>;
+}
+
+fn unsupported<'a, T: Send + 'a>() -> L2Future<'a, T> {
+    Box::pin(async { Err(L2Error::Command("not supported by this L2".into())) })
 }
 
 /// How the cache uses its L2: timeouts, breaker, replay bound, key layout and

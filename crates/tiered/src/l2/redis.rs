@@ -61,12 +61,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
-/// KEYS: lock, fence; ARGV: ttl ms.
+/// KEYS: lock, waiting; ARGV: token, ttl ms. 1: taken; 0: held by another
+/// (and the waiters' flag is set, so the holder announces its value).
 const LEASE_ACQUIRE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local n = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], n, 'PX', ARGV[1])
-return n
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return 0
 ";
 
 /// KEYS: lock; ARGV: token, ttl ms.
@@ -77,12 +77,12 @@ end
 return 0
 ";
 
-/// KEYS: lock; ARGV: token.
+/// KEYS: lock, waiting; ARGV: token. -1: not ours (expired, someone else's);
+/// else whether anyone waited.
 const LEASE_RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+return redis.call('DEL', KEYS[2])
 ";
 
 /// KEYS: value, lock; ARGV: value, ttl ms, version (8 bytes), token.
@@ -550,20 +550,22 @@ impl L2 for RedisL2 {
     fn lease_acquire<'a>(
         &'a self,
         lock: &'a str,
-        fence: &'a str,
+        waiting: &'a str,
+        token: u64,
         ttl: Duration,
-    ) -> L2Future<'a, Option<u64>> {
+    ) -> L2Future<'a, bool> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let n: u64 = self
+            let n: i64 = self
                 .lease_acquire
                 .key(lock)
-                .key(fence)
+                .key(waiting)
+                .arg(token)
                 .arg(millis(ttl))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(backend)?;
-            Ok((n > 0).then_some(n))
+            Ok(n == 1)
         })
     }
 
@@ -582,29 +584,23 @@ impl L2 for RedisL2 {
         })
     }
 
-    fn lease_release<'a>(&'a self, lock: &'a str, token: u64) -> L2Future<'a, bool> {
+    fn lease_release<'a>(
+        &'a self,
+        lock: &'a str,
+        waiting: &'a str,
+        token: u64,
+    ) -> L2Future<'a, Option<bool>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
             let n: i64 = self
                 .lease_release
                 .key(lock)
+                .key(waiting)
                 .arg(token)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(backend)?;
-            Ok(n == 1)
-        })
-    }
-
-    fn lease_held<'a>(&'a self, lock: &'a str) -> L2Future<'a, bool> {
-        Box::pin(async move {
-            let mut conn = self.conn().await?;
-            let n: i64 = redis::cmd("EXISTS")
-                .arg(lock)
-                .query_async(&mut conn)
-                .await
-                .map_err(backend)?;
-            Ok(n == 1)
+            Ok((n >= 0).then_some(n == 1))
         })
     }
 

@@ -4,14 +4,15 @@
 //! *instance*; with 20 instances a cold hot key still costs 20 database
 //! queries. With [`Options::distributed`](crate::Options::distributed), the
 //! load task of the first instance to miss also takes a **lease** in Redis
-//! (`SET NX PX` semantics, in a script that also hands out a fencing number):
+//! (`SET NX PX` with a random token):
 //!
 //! * **The holder** loads, renewing the lease every [`LEASE_TTL`]` / 3` while
 //!   the loader runs, and installs the value in L2 only if it still holds the
-//!   lease (the *fencing check*: a holder that stalled past its lease writes
-//!   nothing). Then it releases the lease with a compare-and-delete on its
-//!   fencing number (so an expired holder can never release someone else's
-//!   lease) and tells the other instances through the backplane.
+//!   lease (the *fencing check* on its random 64-bit token: a holder that
+//!   stalled past its lease writes nothing). Then it releases the lease with a
+//!   compare-and-delete on its token (so an expired holder can never release
+//!   someone else's lease) and, if another instance waited, tells the others
+//!   through the backplane.
 //! * **Waiters** (other instances) do not query the database. They wait for
 //!   the value to land in L2, woken by the holder's backplane message, with a
 //!   fallback poll every [`POLL`] (100 ms; no tight loop). Each poll also
@@ -26,8 +27,18 @@
 //! * **Redis down**: any error taking the lease degrades to in-process
 //!   single-flight. Callers are never blocked on an unreachable lock.
 //!
-//! The lease applies to single-key loads (`get_or_load`); a batch loader call
-//! (`get_many_or_load`) is coordinated in-process only.
+//! The lease applies to single-key loads (`get_or_load`, and background
+//! refreshes of one key); a batch loader call (`get_many_or_load`) is
+//! coordinated in-process only.
+//!
+//! # Worst cases
+//!
+//! * A waiter gives up after the hard timeout + [`LEASE_TTL`]; if it then
+//!   takes over a hung holder's key and its own loader hangs too, its callers
+//!   wait up to about twice the hard timeout (use a soft timeout with a grace
+//!   window to serve stale instead).
+//! * When the holder's load finds nothing (and absence is not cached) or
+//!   fails, the waiters are woken and the next one loads in turn.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +65,7 @@ pub const POLL: Duration = Duration::from_millis(100);
 pub(crate) struct Holder {
     l2: Arc<Tier>,
     lock: String,
+    waiting: String,
     token: u64,
     renewer: JoinHandle<()>,
 }
@@ -76,12 +88,18 @@ impl Holder {
         )
     }
 
-    /// Releases the lease (compare-and-delete on the fencing number).
-    pub(crate) async fn release(self) {
-        let _ = self
-            .l2
-            .direct(self.l2.backend().lease_release(&self.lock, self.token))
-            .await;
+    /// Releases the lease (compare-and-delete on the token). Returns whether
+    /// another instance waited for it (then the value is announced).
+    pub(crate) async fn release(self) -> bool {
+        let l2 = &self.l2;
+        matches!(
+            l2.direct(
+                l2.backend()
+                    .lease_release(&self.lock, &self.waiting, self.token)
+            )
+            .await,
+            Ok(Some(true))
+        )
     }
 }
 
@@ -95,42 +113,51 @@ enum Taken {
 }
 
 async fn take(l2: &Arc<Tier>, key: &str) -> Taken {
-    let Some((lock, fence)) = l2.layout.lease(key) else {
+    let Some((lock, waiting)) = l2.layout.lease(key) else {
         return Taken::Unavailable;
     };
+    // The fencing token: random, so no two leases of a key ever share one
+    // (a counter could restart if its key were lost).
+    let token = fastrand::u64(1..);
     match l2
-        .direct(l2.backend().lease_acquire(&lock, &fence, LEASE_TTL))
+        .direct(
+            l2.backend()
+                .lease_acquire(&lock, &waiting, token, LEASE_TTL),
+        )
         .await
     {
-        Ok(Some(token)) => {
-            let renewer = {
-                let (l2, lock) = (Arc::clone(l2), lock.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let Some(sleep) =
-                            crate::load::sleep_until(tokio::time::Instant::now() + LEASE_TTL / 3)
-                        else {
-                            return;
-                        };
-                        sleep.await;
-                        let renewed = l2
-                            .direct(l2.backend().lease_renew(&lock, token, LEASE_TTL))
-                            .await;
-                        if !matches!(renewed, Ok(true)) {
-                            return; // lost: the fencing check refuses our write
-                        }
-                    }
-                })
-            };
+        Ok(true) => {
+            let renewer = tokio::spawn(renew(Arc::clone(l2), lock.clone(), token));
             Taken::Held(Holder {
                 l2: Arc::clone(l2),
                 lock,
+                waiting,
                 token,
                 renewer,
             })
         }
-        Ok(None) => Taken::Busy,
+        Ok(false) => Taken::Busy,
         Err(_) => Taken::Unavailable,
+    }
+}
+
+/// Renews the lease every third of its lifetime until the holder drops it.
+/// Stops when Redis says the lease is gone; a failed *call* is retried (a slow
+/// or briefly unreachable Redis must not cost the lease while it still runs).
+async fn renew(l2: Arc<Tier>, lock: String, token: u64) {
+    loop {
+        let Some(sleep) = crate::load::sleep_until(tokio::time::Instant::now() + LEASE_TTL / 3)
+        else {
+            return;
+        };
+        sleep.await;
+        match l2
+            .direct(l2.backend().lease_renew(&lock, token, LEASE_TTL))
+            .await
+        {
+            Ok(false) => return, // lost: the fencing check refuses our write
+            Ok(true) | Err(_) => {}
+        }
     }
 }
 
@@ -182,6 +209,11 @@ impl<V: Value> Inner<V> {
         let limit = opts.hard_timeout.unwrap_or(DEFAULT_HARD_TIMEOUT) + LEASE_TTL;
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            if job.flight.is_fenced() {
+                // Invalidated here meanwhile: whatever we would load or take
+                // is not stored; stop holding others up.
+                return Coordinated::Load(None);
+            }
             let notified = wake.as_ref().map(|w| w.notified());
             if self.answer_from_l2(l2, job, opts, born, refresh).await {
                 return Coordinated::Done;
@@ -215,14 +247,26 @@ impl<V: Value> Inner<V> {
         }
         // Waited long enough: a stale value within grace, else load ourselves.
         let now = self.clock.now();
-        let stale = job
-            .previous
-            .clone()
-            .filter(|p| p.freshness(now) == Freshness::Stale && !p.is_revoked())
-            .map(|p| (p.value.clone(), None))
-            .or_else(|| fallback.take().map(|e| (e.value.clone(), Some(e))));
+        if job.flight.is_fenced() {
+            return Coordinated::Load(None);
+        }
+        let usable = |e: &Entry<V>| {
+            e.freshness(now) == Freshness::Stale
+                && !e.is_revoked()
+                && self.invalidations.is_valid(e)
+        };
+        let stale = match job.previous.clone().filter(|p| usable(p)) {
+            Some(p) => Some((p.value.clone(), None)),
+            None => fallback
+                .take()
+                .filter(|e| usable(e))
+                .map(|e| (e.value.clone(), Some(e))),
+        };
         if let Some((value, entry)) = stale {
             self.recorder.stale();
+            if let Some(e) = &entry {
+                e.back_off_until(now.saturating_add(opts.failsafe_backoff));
+            }
             self.complete(job, Ok(value), entry, now);
             return Coordinated::Done;
         }

@@ -159,7 +159,10 @@ impl<V: Value> LoadTask<V> {
 
         // One load per key across instances, if asked for (single-key loads).
         let mut holder = None;
-        if let (true, Some(l2), &[i]) = (opts.lease, &inner.l2, &jobs[..]) {
+        // Only tasks of one key: a refresh flag (which says "keep serving the
+        // current value if someone else refreshes") then concerns that key.
+        let single = self.jobs.len() == 1;
+        if let (true, true, Some(l2), &[i]) = (opts.lease, single, l2, &jobs[..]) {
             let job = &self.jobs[i];
             match inner
                 .coordinate(l2, job, &mut fallbacks[i], &opts, self.born, self.refresh)
@@ -212,9 +215,8 @@ impl<V: Value> LoadTask<V> {
                 }
                 self.retract_fenced(written, version).await;
                 if let Some(holder) = holder.take() {
-                    holder.release().await;
-                    for job in &self.jobs {
-                        inner.announce_filled(&job.key, now);
+                    if holder.release().await {
+                        inner.announce_filled(&self.jobs[0].key, now);
                     }
                 }
             }
@@ -222,9 +224,8 @@ impl<V: Value> LoadTask<V> {
                 tracing::debug!(cache = %inner.namespace, %error, "load failed");
                 if let Some(holder) = holder.take() {
                     // Let another instance try (and wake its waiters to do so).
-                    holder.release().await;
-                    for job in &self.jobs {
-                        inner.announce_filled(&job.key, now);
+                    if holder.release().await {
+                        inner.announce_filled(&self.jobs[0].key, now);
                     }
                 }
                 let until = now.saturating_add(opts.failsafe_backoff);
@@ -286,7 +287,9 @@ impl<V: Value> LoadTask<V> {
                 None => {}
             }
         }
-        if !absent.is_empty() {
+        // (A lease holder leaves L2 alone here: if it stalled past its lease,
+        // a plain delete could remove a newer holder's value.)
+        if !absent.is_empty() && holder.is_none() {
             l2.remove(&absent).await;
         }
         if !writes.is_empty() {
