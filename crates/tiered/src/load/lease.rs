@@ -151,12 +151,11 @@ async fn renew(l2: Arc<Tier>, lock: String, token: u64) {
             return;
         };
         sleep.await;
-        match l2
+        let renewed = l2
             .direct(l2.backend().lease_renew(&lock, token, LEASE_TTL))
-            .await
-        {
-            Ok(false) => return, // lost: the fencing check refuses our write
-            Ok(true) | Err(_) => {}
+            .await;
+        if let Ok(false) = renewed {
+            return; // lost: the fencing check refuses our write
         }
     }
 }
