@@ -22,7 +22,7 @@ use crate::invalidate::events::Template;
 use crate::invalidate::{self, Birth, Invalidations, TagId};
 use crate::key::validate_key;
 use crate::l1::L1;
-use crate::l2::tier::{Tier, WriteMode};
+use crate::l2::tier::Tier;
 use crate::load::flight::{Flights, Joined, Ticket};
 use crate::load::{Job, LoadTask, Loaded, LoaderCall};
 use crate::options::{validate_tag, Options};
@@ -323,7 +323,9 @@ impl<V: Value> Cache<V> {
     /// Stores `value` at `key`: in L2 first (if configured), then in L1. A load
     /// of `key` already running will not overwrite it in either tier; entries
     /// that depend on `key` are invalidated; the key is added to the existence
-    /// filter, if any.
+    /// filter, if any. Of two `set`s racing on different instances, the newer
+    /// (by version: the instance's clock, see [`crate::backplane`]) wins in
+    /// every tier.
     ///
     /// If L2 cannot be reached, the call still succeeds: L1 has the value and
     /// the L2 write is kept and replayed when L2 is back (see [`crate::l2`]).
@@ -369,15 +371,20 @@ impl<V: Value> Cache<V> {
         let depends_on = opts.depends_on.clone();
         finish_in_task(async move {
             inner.mark_dependencies(&depends_on).await;
-            match write {
-                Some(write) => l2.write(vec![write], WriteMode::Overwrite).await,
+            let refused = match write {
+                // Version-guarded: of two racing `set`s, the newer one (by
+                // version) is what every tier ends up holding.
+                Some(write) => l2.write(vec![write]).await == [true],
                 // Cannot be encoded for L2: at least do not leave the old
                 // value there.
                 None => {
                     l2.remove(&[&key]).await;
+                    false
                 }
-            }
-            inner.replace(&key, entry, now);
+            };
+            // Refused: L2 holds a newer write. Do not keep ours here either;
+            // the next read takes L2's.
+            inner.replace(&key, if refused { None } else { entry }, now);
             inner
                 .dependencies_changed(std::slice::from_ref(&key), now)
                 .await;

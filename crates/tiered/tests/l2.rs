@@ -625,3 +625,28 @@ async fn a_removal_on_another_instance_is_not_undone_by_a_slow_load() {
     assert!(!c.inspect("k").await.unwrap().in_l2);
     drop(b);
 }
+
+#[tokio::test]
+async fn of_two_racing_sets_the_newer_wins_in_every_tier() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let (a, b) = (
+        on(&redis, &clock).build().unwrap(),
+        on(&redis, &clock).build().unwrap(),
+    );
+    let t0 = tiered::Clock::now(&clock);
+    clock.advance(Duration::from_millis(5));
+    a.set("k", s("newer")).await.unwrap();
+    // b's write was issued earlier (older version) but lands later.
+    clock.set(t0);
+    b.set("k", s("older")).await.unwrap();
+    clock.advance(Duration::from_millis(10));
+    assert_eq!(
+        val(b.get("k").await),
+        Some(s("newer")),
+        "b did not keep its refused write"
+    );
+    assert_eq!(val(a.get("k").await), Some(s("newer")));
+    let c = on(&redis, &clock).build().unwrap();
+    assert_eq!(val(c.get("k").await), Some(s("newer")));
+}

@@ -116,9 +116,6 @@ pub trait L2: Send + Sync + 'static {
     /// node, not per key.
     fn get_many<'a>(&'a self, keys: &'a [String]) -> L2Future<'a, Vec<Option<Vec<u8>>>>;
 
-    /// Stores each write, replacing whatever is there (an explicit `set`).
-    fn set(&self, writes: Vec<L2Write>) -> L2Future<'_, ()>;
-
     /// Stores each write, replacing whatever is there, and returns what was
     /// there (`SET … GET`).
     fn swap(&self, writes: Vec<L2Write>) -> L2Future<'_, Vec<Option<Vec<u8>>>>;

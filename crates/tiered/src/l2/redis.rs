@@ -416,26 +416,6 @@ impl L2 for RedisL2 {
         })
     }
 
-    fn set(&self, writes: Vec<L2Write>) -> L2Future<'_, ()> {
-        Box::pin(async move {
-            let conn = self.conn().await?;
-            let calls = writes.iter().map(|w| {
-                let mut conn = conn.clone();
-                async move {
-                    redis::cmd("SET")
-                        .arg(&w.key)
-                        .arg(&w.value[..])
-                        .arg("PX")
-                        .arg(millis(w.ttl))
-                        .exec_async(&mut conn)
-                        .await
-                }
-            });
-            try_join_all(calls).await.map_err(backend)?;
-            Ok(())
-        })
-    }
-
     fn swap(&self, writes: Vec<L2Write>) -> L2Future<'_, Vec<Option<Vec<u8>>>> {
         Box::pin(async move {
             let conn = self.conn().await?;

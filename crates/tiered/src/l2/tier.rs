@@ -53,16 +53,6 @@ type RawValues = Result<Vec<Option<Vec<u8>>>, L2Error>;
 /// See `Tier::replayed`: (removed cache keys, written cache keys and versions).
 pub(crate) type ReplayHook = Arc<dyn Fn(Vec<String>, Vec<(String, u64)>) + Send + Sync>;
 
-/// How a write treats what L2 already holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WriteMode {
-    /// An explicit `set`: replaces whatever is there (last writer wins).
-    Overwrite,
-    /// A load's result or a replay: stored only over an older version, so it
-    /// never replaces a newer write.
-    IfNewer,
-}
-
 /// A queued read.
 struct ReadRequest {
     keys: Vec<String>,
@@ -425,11 +415,15 @@ impl Tier {
         }
     }
 
-    /// Stores `writes` (version-guarded). Writes that cannot reach L2 are kept
+    /// Stores `writes`, each only over an older version (so a slow load, a
+    /// replay, or the older of two racing `set`s never replaces a newer value). Writes that cannot reach L2 are kept
     /// for replay.
-    pub(crate) async fn write(self: &Arc<Self>, writes: Vec<L2Write>, mode: WriteMode) {
+    ///
+    /// Returns, per write, whether L2 refused it as older than what it holds
+    /// (`false` also when it was kept for replay).
+    pub(crate) async fn write(self: &Arc<Self>, writes: Vec<L2Write>) -> Vec<bool> {
         if writes.is_empty() {
-            return;
+            return Vec::new();
         }
         let keep: Vec<(String, Op)> = writes
             .iter()
@@ -442,29 +436,26 @@ impl Tier {
                 (w.key.clone(), op)
             })
             .collect();
-        let stored = match mode {
-            WriteMode::Overwrite => {
-                let n = writes.len();
-                self.call(self.backend.set(writes))
-                    .await
-                    .map(|()| vec![true; n])
-            }
-            WriteMode::IfNewer => self.call(self.backend.set_if_newer(writes)).await,
-        };
+        let stored = self.call(self.backend.set_if_newer(writes)).await;
         match stored {
             Ok(stored) => {
+                let mut refused = Vec::with_capacity(stored.len());
                 for ((key, _), stored) in keep.iter().zip(stored) {
                     // A write refused as older must not cancel a kept one.
                     if stored {
                         self.counters.writes.incr();
                         self.pending.forget(key);
                     }
+                    refused.push(!stored);
                 }
+                refused
             }
             Err(_) => {
+                let n = keep.len();
                 for (key, op) in keep {
                     self.keep(key, op);
                 }
+                vec![false; n]
             }
         }
     }
@@ -492,7 +483,7 @@ impl Tier {
     /// Removes the entries at `keys` by writing a short-lived *tombstone* over
     /// each: an absent entry with no lifetime (a miss for every reader) and a
     /// fresh version. A load that started before this removal writes with an
-    /// older version and is refused (see [`WriteMode::IfNewer`]) — on this
+    /// older version and is refused (every L2 write is version-guarded) — on this
     /// instance or any other — so it cannot put the removed value back. The
     /// tombstone outlives any such load: it expires after [`TOMBSTONE_TTL`].
     /// Returns whether any key held a live entry. Removals that cannot reach L2

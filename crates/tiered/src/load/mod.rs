@@ -33,7 +33,6 @@ use crate::clock::Timestamp;
 use crate::entry::{Entry, Freshness};
 use crate::error::{BoxError, Error};
 use crate::invalidate::TagId;
-use crate::l2::tier::WriteMode;
 use crate::l2::L2Write;
 use crate::options::{Options, MAX_TTL};
 use crate::Value;
@@ -303,8 +302,12 @@ impl<V: Value> LoadTask<V> {
                     written.clear();
                 }
             }
-            (_, Ok(one)) => l2.write(one.into(), WriteMode::IfNewer).await,
-            (_, Err(writes)) => l2.write(writes, WriteMode::IfNewer).await,
+            (_, Ok(one)) => {
+                l2.write(one.into()).await;
+            }
+            (_, Err(writes)) => {
+                l2.write(writes).await;
+            }
         }
         written
     }
