@@ -234,7 +234,7 @@ impl<V: Value> CacheBuilder<V> {
     }
 
     /// Open the L2 breaker after `failures` consecutive failures, for
-    /// `cooldown` (defaults 5 and 2 s).
+    /// `cooldown` (defaults 5 and 500 ms: a probe every half second costs one call, and bounds how long after Redis returns the cache takes to use it and replay what it kept).
     pub fn l2_breaker(mut self, failures: u32, cooldown: std::time::Duration) -> Self {
         self.l2_config.breaker_failures = failures;
         self.l2_config.breaker_cooldown = cooldown;

@@ -239,7 +239,7 @@ impl Default for L2Config {
         L2Config {
             timeout: Duration::from_millis(250),
             breaker_failures: 5,
-            breaker_cooldown: Duration::from_secs(2),
+            breaker_cooldown: Duration::from_millis(500),
             max_pending: 10_000,
             max_value_bytes: 64 << 20,
             codec: Codec::default(),
