@@ -6,9 +6,9 @@
 mod common;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{s, secs, val};
+use common::{hold, s, secs, val};
 use tiered::{Cache, CacheBuilder, ManualClock};
 use tiered_testkit::redis::{RedisConfig, RedisServer};
 use tiered_testkit::Loader;
@@ -22,23 +22,12 @@ fn on(redis: &RedisServer, clock: &ManualClock) -> CacheBuilder<String> {
 }
 
 /// Polls `check` until it holds (10 s of wall time at most).
-async fn until<F, Fut>(what: &str, mut check: F)
+async fn until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Loads `key` into `cache`'s L1 with `value` (through the loader, not L2).
-async fn hold(cache: &Cache<String>, key: &str, value: &str) {
-    let loader = Loader::returning(s(value));
-    cache.get_or_load(key, loader.load()).await.unwrap();
-    assert!(cache.contains(key).unwrap());
+    common::until_within(what, Duration::from_secs(10), check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

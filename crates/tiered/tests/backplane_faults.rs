@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{held_load, s, secs, val};
+use common::{held_load, hold, s, secs, until_within as until, val};
 use tiered::backplane::{Backplane, StreamId, StreamState};
 use tiered::l2::L2Future;
 use tiered::{Cache, CacheBuilder, ManualClock, RedisL2};
@@ -83,24 +82,6 @@ fn on(redis: &RedisServer, clock: &ManualClock) -> CacheBuilder<String> {
         .l2_timeout(Duration::from_millis(300))
         .l2_breaker(2, Duration::from_millis(100))
         .ttl(secs(600))
-}
-
-async fn until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn hold(cache: &Cache<String>, key: &str, value: &str) {
-    let loader = Loader::returning(s(value));
-    cache.get_or_load(key, loader.load()).await.unwrap();
-    assert!(cache.contains(key).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

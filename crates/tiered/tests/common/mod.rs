@@ -55,3 +55,26 @@ pub async fn held_load(
     loader.wait_for_calls(calls + 1).await;
     task
 }
+
+/// Polls `check` until it holds; panics after `limit` of wall time.
+pub async fn until_within<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Loads `key` into `cache`'s L1 with `value` (through the loader, not L2).
+pub async fn hold(cache: &Cache<String>, key: &str, value: &str) {
+    let loader = Loader::returning(s(value));
+    cache.get_or_load(key, loader.load()).await.expect("load");
+    assert!(cache.contains(key).expect("valid key"));
+}
