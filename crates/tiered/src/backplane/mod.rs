@@ -77,9 +77,10 @@
 //! * **Dependencies across instances.** A removal reaches the L1 dependants of
 //!   every instance, but an instance that never declared the dependency judges
 //!   an L2 copy of a dependant without it.
-//! * **Records.** The tag-time hash grows by one field per distinct tag ever
-//!   invalidated; an instance prunes its own copy of the records after the
-//!   longest lifetime it has seen, which may be shorter than other instances'.
+//! * **Records.** The tag-time hash in Redis grows by one field per distinct
+//!   tag ever invalidated. An instance prunes its own copy after the longest
+//!   lifetime it has seen; a tagged L2 entry created before the newest pruned
+//!   record is then refused (a reload, never a stale read).
 //! * **Throughput.** The publisher sends one message per round trip; past
 //!   about a thousand invalidations a second per instance the outbox grows, and
 //!   an overflow (10,000) resets every instance's L1.

@@ -82,6 +82,10 @@ struct Records {
     depended_on: HashMap<Arc<str>, (u64, Timestamp)>,
     /// Loads born before this stamp are refused: records they would need were pruned.
     floor: u64,
+    /// The time counterpart for entries read from L2: tagged entries created
+    /// at or before this (the newest pruned record's time) may have needed a
+    /// pruned record, so they are refused too.
+    pruned_through: Timestamp,
     /// Prune when `tags.len() + depended_on.len()` reaches this.
     prune_at: usize,
 }
@@ -113,6 +117,7 @@ impl Invalidations {
                 tags: HashMap::new(),
                 depended_on: HashMap::new(),
                 floor: 0,
+                pruned_through: Timestamp::ZERO,
                 prune_at: PRUNE_AT,
             }),
         }
@@ -162,8 +167,10 @@ impl Invalidations {
             return false;
         }
         let records = self.records.read();
-        tags.iter()
-            .any(|tag| records.tags.get(tag).is_some_and(|&(_, at)| created <= at))
+        created <= records.pruned_through
+            || tags
+                .iter()
+                .any(|tag| records.tags.get(tag).is_some_and(|&(_, at)| created <= at))
     }
 
     /// Invalidates every entry carrying any of `tags`.
@@ -273,17 +280,48 @@ impl Invalidations {
         }
         let horizon = Duration::from_nanos(self.max_lifetime.load(Ordering::Relaxed));
         let mut floor = records.floor;
+        let mut pruned_through = records.pruned_through;
         let mut keep = |&mut (stamp, at): &mut (u64, Timestamp)| {
             let keep = now.saturating_since(at) <= horizon;
             if !keep {
                 floor = floor.max(stamp);
+                pruned_through = pruned_through.max(at);
             }
             keep
         };
         records.tags.retain(|_, record| keep(record));
         records.depended_on.retain(|_, record| keep(record));
         records.floor = floor;
+        records.pruned_through = pruned_through;
         let survivors = records.tags.len() + records.depended_on.len();
         records.prune_at = PRUNE_AT.max(2 * survivors);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_read_from_l2_are_refused_when_their_records_were_pruned() {
+        let inv = Invalidations::new();
+        let t = |s: u64| Timestamp::from_nanos(s * 1_000_000_000);
+        // A short lifetime horizon, then enough tag invalidations to prune.
+        inv.note_lifetime(Duration::from_secs(1));
+        let tag: TagId = Arc::from("t:old");
+        inv.invalidate(&[Arc::clone(&tag)], t(10));
+        // An entry created before that invalidation is outdated, as expected.
+        assert!(inv.outdated_at(t(5), &[Arc::clone(&tag)]));
+        for i in 0..PRUNE_AT {
+            let other: TagId = Arc::from(format!("t:{i}"));
+            inv.invalidate(&[other], t(100));
+        }
+        // "t:old" was pruned (older than the horizon)...
+        assert!(!inv.records.read().tags.contains_key(&tag));
+        // ...yet an L2 entry created before it is still refused, by time.
+        assert!(inv.outdated_at(t(5), &[Arc::clone(&tag)]));
+        // Untagged entries and newer ones are not affected.
+        assert!(!inv.outdated_at(t(5), &[]));
+        assert!(!inv.outdated_at(t(200), &[tag]));
     }
 }
