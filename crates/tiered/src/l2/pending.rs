@@ -39,6 +39,9 @@ pub(crate) enum Op {
 
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
+    /// Keys kept or being replayed, for a lock-free "nothing pending" check
+    /// on every read.
+    held: std::sync::atomic::AtomicUsize,
     ops: Mutex<HashMap<String, Op>>,
     /// Keys taken by a replay that has not finished: still held for reads
     /// (L2 may not have their new state yet).
@@ -58,7 +61,14 @@ impl Pending {
 
     /// Nothing kept and nothing being replayed.
     pub(crate) fn is_idle(&self) -> bool {
-        self.ops.lock().is_empty() && self.replaying.lock().is_empty()
+        self.held.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+
+    /// Refreshes `held` after a change (called with the `ops` lock held, so
+    /// changes are counted in order).
+    fn count(&self, ops: &HashMap<String, Op>) {
+        let n = ops.len() + self.replaying.lock().len();
+        self.held.store(n, std::sync::atomic::Ordering::Release);
     }
 
     /// Keeps `op` for `key`, replacing whatever was kept for it. Returns `false`
@@ -83,6 +93,7 @@ impl Pending {
             }
         }
         ops.insert(key, op);
+        self.count(&ops);
         true
     }
 
@@ -94,20 +105,27 @@ impl Pending {
     /// A replay of `batch` finished (or was put back): its keys are no longer
     /// held on its account.
     pub(crate) fn replayed(&self, batch: &Batch) {
-        let mut replaying = self.replaying.lock();
-        for w in &batch.writes {
-            replaying.remove(&w.key);
+        let ops = self.ops.lock();
+        {
+            let mut replaying = self.replaying.lock();
+            for w in &batch.writes {
+                replaying.remove(&w.key);
+            }
+            for key in &batch.removes {
+                replaying.remove(key);
+            }
         }
-        for key in &batch.removes {
-            replaying.remove(key);
-        }
+        self.count(&ops);
     }
 
     /// The key was written or removed successfully since: forget what was kept.
     pub(crate) fn forget(&self, key: &str) {
+        if self.is_idle() {
+            return;
+        }
         let mut ops = self.ops.lock();
-        if !ops.is_empty() {
-            ops.remove(key);
+        if ops.remove(key).is_some() {
+            self.count(&ops);
         }
     }
 
@@ -139,6 +157,7 @@ impl Pending {
                 None => {}
             }
         }
+        self.count(&ops);
         batch
     }
 
@@ -155,6 +174,7 @@ impl Pending {
         for key in &batch.removes {
             ops.entry(key.clone()).or_insert(Op::Remove);
         }
+        self.count(&ops);
     }
 }
 

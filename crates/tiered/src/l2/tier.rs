@@ -257,12 +257,18 @@ impl Tier {
         keys: &[&str],
     ) -> Vec<Option<Decoded<V>>> {
         let redis_keys: Vec<String> = keys.iter().map(|k| self.layout.entry(k)).collect();
-        let reads = redis_keys
-            .chunks(MAX_BATCH_KEYS)
-            .map(|chunk| self.read(chunk.to_vec()));
-        let raw: Vec<Option<Vec<u8>>> = match futures_util::future::try_join_all(reads).await {
-            Ok(parts) => parts.into_iter().flatten().collect(),
-            Err(_) => return keys.iter().map(|_| None).collect(),
+        let raw = if redis_keys.len() <= MAX_BATCH_KEYS {
+            self.read(redis_keys.clone()).await
+        } else {
+            let reads = redis_keys
+                .chunks(MAX_BATCH_KEYS)
+                .map(|chunk| self.read(chunk.to_vec()));
+            futures_util::future::try_join_all(reads)
+                .await
+                .map(|parts| parts.into_iter().flatten().collect())
+        };
+        let Ok(raw) = raw else {
+            return keys.iter().map(|_| None).collect();
         };
         if raw.len() != keys.len() {
             // A broken backend; never guess which value is whose.
