@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::{Arc, Barrier, RwLock};
 use std::time::{Duration, Instant};
+use tiered_bench::median;
 
 const KEYS: usize = 10_000;
 
@@ -93,11 +94,6 @@ fn fastrand_shuffle(v: &mut [usize], seed: u64) {
         x ^= x << 17;
         v.swap(i, (x % (i as u64 + 1)) as usize);
     }
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() {

@@ -18,6 +18,7 @@
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tiered_bench::median;
 
 use serde::{Deserialize, Serialize};
 use tiered_testkit::redis::RedisServer;
@@ -118,11 +119,6 @@ fn redis_benchmark(port: u16, requests: usize, pipeline: usize) -> Result<f64, S
         .filter_map(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
         .next_back()
         .ok_or(format!("unexpected redis-benchmark output: {text}"))
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() {

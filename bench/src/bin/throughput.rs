@@ -16,6 +16,7 @@
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+use tiered_bench::median;
 
 const KEYS: usize = 1_000_000;
 const HELD: usize = KEYS / 10;
@@ -147,11 +148,6 @@ fn round(
         .unwrap_or_default();
     let ops = draws.iter().map(|d| d.len()).sum::<usize>();
     wall.as_nanos() as f64 * threads as f64 / ops as f64
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -84,6 +84,17 @@ fn on(redis: &RedisServer, clock: &ManualClock) -> CacheBuilder<String> {
         .ttl(secs(600))
 }
 
+/// Makes sure `b`'s subscriber is running and has applied one of `a`'s
+/// messages (so it has a real position in the stream).
+async fn synced(a: &Cache<String>, b: &Cache<String>) {
+    hold(b, "warm", "x").await;
+    a.remove("warm").await.unwrap();
+    until("b synced", secs(10), || async {
+        b.stats().backplane.unwrap().received >= 1
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_behind_a_trimmed_stream_detects_the_gap() {
     let redis = RedisServer::start();
@@ -195,12 +206,7 @@ async fn a_slow_load_on_another_instance_does_not_outlive_an_invalidation() {
         on(&redis, &clock).build().unwrap(),
         on(&redis, &clock).build().unwrap(),
     );
-    hold(&b, "warm", "x").await;
-    a.remove("warm").await.unwrap();
-    until("b synced", secs(10), || async {
-        b.stats().backplane.unwrap().received >= 1
-    })
-    .await;
+    synced(&a, &b).await;
     // b's loader reads the database before a's update...
     let loader = Loader::returning(s("read before the update"));
     let call = held_load(&b, &loader, "k", b.options()).await;
@@ -227,12 +233,7 @@ async fn an_invalidation_issued_while_redis_is_paused_reaches_everyone_after_res
         on(&redis, &clock).build().unwrap(),
         on(&redis, &clock).build().unwrap(),
     );
-    hold(&b, "warm", "x").await;
-    a.remove("warm").await.unwrap();
-    until("b synced", secs(10), || async {
-        b.stats().backplane.unwrap().received >= 1
-    })
-    .await;
+    synced(&a, &b).await;
     hold(&b, "k", "old").await;
     redis.pause();
     // Frozen Redis: the call returns (after the L2 timeout), the removal is
