@@ -86,6 +86,7 @@ pub mod metrics;
 pub mod options;
 pub mod stats;
 pub mod topk;
+pub mod write;
 
 pub use backplane::Backplane;
 pub use builder::{CacheBuilder, DEFAULT_L1_BYTES, MAX_L1_BYTES};
@@ -99,6 +100,7 @@ pub use l2::{Codec, Compression, Encryption, Inspection, L2Config, L2Error, Redi
 pub use options::{AdaptiveTtl, Options, DEFAULT_HARD_TIMEOUT, MAX_TAGS, MAX_TAG_LEN, MAX_TTL};
 pub use stats::{BackplaneStats, L2Stats, Stats, TierStats};
 pub use topk::HotKey;
+pub use write::{Store, StoreError, StoreErrorKind, StoreWrite};
 
 /// What a cache can hold: any owned, thread-safe, serializable type.
 ///
