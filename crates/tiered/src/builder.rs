@@ -408,6 +408,7 @@ impl<V: Value> CacheBuilder<V> {
             l1_enabled: self.l1_enabled,
             backplane,
             events: Default::default(),
+            write_stats: Default::default(),
         });
         cache.inner.connect();
         Ok(cache)

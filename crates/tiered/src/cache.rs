@@ -28,6 +28,7 @@ use crate::load::{Job, LoadTask, Loaded, LoaderCall};
 use crate::options::{validate_tag, Options};
 use crate::stats::{Recorder, Stats};
 use crate::topk::{HotKey, TopKeys};
+use crate::write::WriteStats;
 use crate::Value;
 
 /// Weighs a value for the L1 byte budget.
@@ -89,6 +90,8 @@ pub(crate) struct Inner<V> {
     pub backplane: Option<Arc<Link>>,
     /// Event rules: event name → key and pattern templates.
     pub events: parking_lot::RwLock<HashMap<String, Vec<Template>>>,
+    /// The counters of the [`Writer`](crate::write::Writer) attached, if any.
+    pub write_stats: parking_lot::RwLock<Option<Arc<dyn Fn() -> WriteStats + Send + Sync>>>,
 }
 
 /// A stale entry a waiting caller may fall back on.
@@ -336,61 +339,11 @@ impl<V: Value> Cache<V> {
     pub async fn set_with(&self, key: &str, value: V, opts: &Options) -> Result<()> {
         validate_key(key)?;
         opts.validate()?;
-        let inner = &self.inner;
         check_not_self_dependent(key, opts)?;
-        let now = inner.clock.now();
-        let birth = inner.begin_load(opts, now);
-        let value = Arc::new(value);
-        let entry = inner
-            .build_entry(
-                key,
-                Some(Arc::clone(&value)),
-                opts,
-                birth.born,
-                now,
-                Duration::ZERO,
-            )
-            .map(|e| Entry {
-                version: inner.next_version(),
-                ..e
-            });
-        let Some(l2) = inner.l2.clone() else {
-            inner.replace(key, entry, now);
-            return Ok(());
-        };
-        // L2 first: a load that reads L2 before this write lands started
-        // before the fence in `replace`, which keeps it out of L1. The two
-        // steps run as one task, so a caller that stops waiting (a dropped
-        // request) cannot leave them half done.
-        let write = entry
-            .as_ref()
-            .and_then(|e| l2.encode(key, &e.meta(), Some(&*value)));
-        inner.connect();
-        let version = entry.as_ref().map_or(0, |e| e.version);
-        let (inner, key) = (Arc::clone(inner), key.to_owned());
-        let depends_on = opts.depends_on.clone();
-        finish_in_task(async move {
-            inner.mark_dependencies(&depends_on).await;
-            let refused = match write {
-                // Version-guarded: of two racing `set`s, the newer one (by
-                // version) is what every tier ends up holding.
-                Some(write) => l2.write(vec![write]).await == [true],
-                // Cannot be encoded for L2: at least do not leave the old
-                // value there.
-                None => {
-                    l2.remove(&[&key]).await;
-                    false
-                }
-            };
-            // Refused: L2 holds a newer write. Do not keep ours here either;
-            // the next read takes L2's.
-            inner.replace(&key, if refused { None } else { entry }, now);
-            inner
-                .dependencies_changed(std::slice::from_ref(&key), now)
-                .await;
-            inner.announce(Change::Written { key, version }, now);
-        })
-        .await;
+        let inner = &self.inner;
+        inner
+            .set_versioned(key, Arc::new(value), opts, inner.next_version())
+            .await;
         Ok(())
     }
 
@@ -663,9 +616,13 @@ impl<V: Value> Cache<V> {
         let l1 = &self.inner.l1;
         let l2 = self.inner.l2.as_ref().map(|l2| l2.stats());
         let backplane = self.inner.backplane.as_ref().map(|b| b.stats());
-        self.inner
+        let write = self.inner.write_stats.read().as_ref().map(|f| f());
+        let mut stats = self
+            .inner
             .recorder
-            .snapshot(l1.len(), l1.weighted_size(), l2, backplane)
+            .snapshot(l1.len(), l1.weighted_size(), l2, backplane);
+        stats.write = write;
+        stats
     }
 
     /// The `n` most requested keys (estimated; see
@@ -927,6 +884,90 @@ impl<V: Value> Inner<V> {
         self.invalidations.bump();
         self.flights.fence_all();
         self.l1.clear();
+    }
+
+    /// `set_with` after validation, at a given version (the write paths
+    /// pass the store's, so every tier orders writes the way the store does).
+    pub(crate) async fn set_versioned(
+        self: &Arc<Self>,
+        key: &str,
+        value: Arc<V>,
+        opts: &Options,
+        version: u64,
+    ) {
+        let inner = self;
+        let now = inner.clock.now();
+        let birth = inner.begin_load(opts, now);
+        let entry = inner
+            .build_entry(
+                key,
+                Some(Arc::clone(&value)),
+                opts,
+                birth.born,
+                now,
+                Duration::ZERO,
+            )
+            .map(|e| Entry { version, ..e });
+        let Some(l2) = inner.l2.clone() else {
+            inner.replace(key, entry, now);
+            return;
+        };
+        // L2 first: a load that reads L2 before this write lands started
+        // before the fence in `replace`, which keeps it out of L1. The two
+        // steps run as one task, so a caller that stops waiting (a dropped
+        // request) cannot leave them half done.
+        let write = entry
+            .as_ref()
+            .and_then(|e| l2.encode(key, &e.meta(), Some(&*value)));
+        inner.connect();
+        let version = entry.as_ref().map_or(0, |e| e.version);
+        let (inner, key) = (Arc::clone(inner), key.to_owned());
+        let depends_on = opts.depends_on.clone();
+        finish_in_task(async move {
+            inner.mark_dependencies(&depends_on).await;
+            let refused = match write {
+                // Version-guarded: of two racing `set`s, the newer one (by
+                // version) is what every tier ends up holding.
+                Some(write) => l2.write(vec![write]).await == [true],
+                // Cannot be encoded for L2: at least do not leave the old
+                // value there.
+                None => {
+                    l2.remove(&[&key]).await;
+                    false
+                }
+            };
+            // Refused: L2 holds a newer write. Do not keep ours here either;
+            // the next read takes L2's.
+            inner.replace(&key, if refused { None } else { entry }, now);
+            inner
+                .dependencies_changed(std::slice::from_ref(&key), now)
+                .await;
+            inner.announce(Change::Written { key, version }, now);
+        })
+        .await;
+    }
+
+    /// A write reached the store: what depends on `keys`, and `tags`, are
+    /// invalidated here and (through the backplane) everywhere.
+    pub(crate) async fn landed(&self, keys: &[String], tags: &[String]) {
+        let now = self.clock.now();
+        for key in keys {
+            self.invalidations.key_changed(key, now);
+        }
+        self.dependencies_changed(keys, now).await;
+        if !tags.is_empty() {
+            let ids: Vec<TagId> = tags.iter().map(|t| invalidate::user_tag(t)).collect();
+            self.invalidations.invalidate(&ids, now);
+            self.announce(
+                Change::Tags(ids.iter().map(|t| t.to_string()).collect()),
+                now,
+            );
+        }
+    }
+
+    /// Makes a writer's counters part of `stats()`.
+    pub(crate) fn attach_write_stats(&self, stats: Arc<dyn Fn() -> WriteStats + Send + Sync>) {
+        *self.write_stats.write() = Some(stats);
     }
 
     /// Another instance wrote `key` at `version`: drop any other copy here.

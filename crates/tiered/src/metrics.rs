@@ -26,6 +26,13 @@
 //! | `tiered_cache_l2_bad_data_total` | counter | — (unreadable L2 values, deleted) |
 //! | `tiered_cache_l2_breaker_state` | gauge | 0 closed, 1 half-open, 2 open (updated by `stats()`) |
 //! | `tiered_cache_l2_pending` | gauge | writes/removals waiting for L2 (updated by `stats()`) |
+//! | `tiered_write_operations_total` | counter | `path` = `through` / `behind`, `outcome` = `ok` / `error` / `full` |
+//! | `tiered_write_queue_depth` | gauge | — (write-behind records not yet in the store) |
+//! | `tiered_write_oldest_age_seconds` | gauge | — (age of the oldest of them) |
+//! | `tiered_write_flushed_total` | counter | — (records the flusher applied) |
+//! | `tiered_write_retries_total` | counter | — (failed store calls retried) |
+//! | `tiered_write_dead_letters_total` | counter | — (records moved to the dead-letter queue) |
+//! | `tiered_write_flush_duration_seconds` | histogram | — (one store call of the flusher) |
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
@@ -114,6 +121,54 @@ impl Handles {
             load_duration: histogram!(LOAD_DURATION, "cache" => ns.clone()),
             l1_entries: gauge!(ENTRIES, "cache" => ns.clone(), "tier" => "l1"),
             l1_bytes: gauge!(BYTES, "cache" => ns, "tier" => "l1"),
+        }
+    }
+}
+
+/// Write-behind records acknowledged and not yet in the store.
+pub const WRITE_QUEUE_DEPTH: &str = "tiered_write_queue_depth";
+/// Age of the oldest record not yet in the store.
+pub const WRITE_OLDEST_AGE: &str = "tiered_write_oldest_age_seconds";
+/// Write operations by path and outcome.
+pub const WRITES: &str = "tiered_write_operations_total";
+/// Records the flusher applied to the store.
+pub const WRITE_FLUSHED: &str = "tiered_write_flushed_total";
+/// Store calls the flusher retried.
+pub const WRITE_RETRIES: &str = "tiered_write_retries_total";
+/// Records moved to the dead-letter queue.
+pub const WRITE_DEAD_LETTERS: &str = "tiered_write_dead_letters_total";
+/// Latency of the flusher's store calls, in seconds.
+pub const WRITE_FLUSH_DURATION: &str = "tiered_write_flush_duration_seconds";
+
+/// Registered handles for one cache's write paths.
+pub(crate) struct WriteHandles {
+    pub through_ok: Counter,
+    pub through_error: Counter,
+    pub behind_ok: Counter,
+    pub behind_full: Counter,
+    pub depth: Gauge,
+    pub oldest_age: Gauge,
+    pub flushed: Counter,
+    pub retries: Counter,
+    pub dead_letters: Counter,
+    pub flush_duration: Histogram,
+}
+
+impl WriteHandles {
+    pub(crate) fn register(namespace: &str) -> Self {
+        let ns = namespace.to_owned();
+        let op = |path: &'static str, outcome: &'static str| counter!(WRITES, "cache" => ns.clone(), "path" => path, "outcome" => outcome);
+        WriteHandles {
+            through_ok: op("through", "ok"),
+            through_error: op("through", "error"),
+            behind_ok: op("behind", "ok"),
+            behind_full: op("behind", "full"),
+            depth: gauge!(WRITE_QUEUE_DEPTH, "cache" => ns.clone()),
+            oldest_age: gauge!(WRITE_OLDEST_AGE, "cache" => ns.clone()),
+            flushed: counter!(WRITE_FLUSHED, "cache" => ns.clone()),
+            retries: counter!(WRITE_RETRIES, "cache" => ns.clone()),
+            dead_letters: counter!(WRITE_DEAD_LETTERS, "cache" => ns.clone()),
+            flush_duration: histogram!(WRITE_FLUSH_DURATION, "cache" => ns),
         }
     }
 }

@@ -172,6 +172,7 @@ impl Recorder {
             },
             l2,
             backplane,
+            write: None,
             stale_hits: self.stale_hits.get(),
             negative_hits: self.negative_hits.get(),
             filtered: self.filtered.get(),
@@ -217,6 +218,8 @@ pub struct Stats {
     pub l2: Option<L2Stats>,
     /// The backplane, if the cache has one.
     pub backplane: Option<BackplaneStats>,
+    /// The write paths, if a [`Writer`](crate::write::Writer) is attached.
+    pub write: Option<crate::write::WriteStats>,
     /// Calls answered with a stale value (fail-safe or soft timeout).
     pub stale_hits: u64,
     /// Hits on a cached "absent" (negative caching); also counted in `l1.hits`.
