@@ -6,7 +6,12 @@
 //!
 //! * [`redis`] — private `redis-server` processes (standalone, TLS + ACL, a
 //!   3-master Cluster) on free ports, which tests can kill, pause and resume.
+//!
+//! * [`postgres`] — private PostgreSQL servers on free ports, started from a
+//!   template cluster (no `initdb` per test), which tests can stop, start
+//!   again, kill, pause and resume.
 
+pub mod postgres;
 pub mod redis;
 
 use std::collections::VecDeque;

@@ -433,8 +433,9 @@ fn ping(port: u16) -> bool {
 ///
 /// Never the same port twice in one process: a server that was killed keeps
 /// its port for [`RedisServer::restart`], and another test must not grab it
-/// meanwhile (the test would then talk to someone else's server).
-fn free_port(cluster: bool) -> u16 {
+/// meanwhile (the test would then talk to someone else's server). Shared with
+/// [`crate::postgres`] for the same reason.
+pub(crate) fn free_port(cluster: bool) -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
@@ -455,7 +456,8 @@ fn free_port(cluster: bool) -> u16 {
     }
 }
 
-fn temp_dir(what: &str) -> PathBuf {
+/// A new, empty directory under the system temp dir, unique in this machine.
+pub(crate) fn temp_dir(what: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "tiered-testkit-{what}-{}-{}",

@@ -1,0 +1,510 @@
+#![allow(clippy::unwrap_used)]
+//! The cache's write paths (`tiered::write::Writer`) over a real PostgreSQL:
+//! write-through, write-behind through the local log and through a Redis
+//! Stream, store failures, dead letters, back-pressure, restarts and the
+//! invalidation of dependants. Each test starts its own servers.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use tiered::write::{StoreErrorKind, StreamOptions, WriteError, WriteOptions, Writer};
+use tiered::{Cache, Options, RedisL2};
+use tiered_postgres::{PgStore, Stored};
+use tiered_testkit::postgres::PostgresServer;
+use tiered_testkit::redis::RedisServer;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A server and a store on a fresh `items` table; the pool gives up on a
+/// connection after 1 s so "database down" turns into errors quickly.
+async fn database() -> (PostgresServer, PgStore<String>) {
+    let server = PostgresServer::start();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect(&server.url())
+        .await
+        .unwrap();
+    let store = PgStore::new(pool, "items").unwrap();
+    store.create_table().await.unwrap();
+    (server, store)
+}
+
+fn cache() -> Cache<String> {
+    Cache::builder("items").build().unwrap()
+}
+
+fn wal_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tiered-write-{name}-{}-{}",
+        std::process::id(),
+        fastrand_seed()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn fastrand_seed() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+async fn value(store: &PgStore<String>, key: &str) -> Option<String> {
+    store.get(key).await.unwrap().map(|(v, _)| v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_writes_the_store_then_every_tier() {
+    let (_pg, store) = database().await;
+    let cache = cache();
+    let writer = Writer::builder(cache.clone(), store.clone())
+        .start()
+        .await
+        .unwrap();
+    writer.set_through("a", "one".into()).await.unwrap();
+    assert_eq!(value(&store, "a").await.as_deref(), Some("one"));
+    assert_eq!(
+        cache.get("a").await.unwrap().as_deref().map(String::as_str),
+        Some("one")
+    );
+    writer.set_through("a", "two".into()).await.unwrap();
+    let (v, version) = store.get("a").await.unwrap().unwrap();
+    assert_eq!(v, "two");
+    assert!(version > 0);
+    writer.remove_through("a").await.unwrap();
+    assert_eq!(value(&store, "a").await, None);
+    assert!(matches!(
+        store.stored("a").await.unwrap(),
+        Some(Stored { value: None, .. })
+    ));
+    assert_eq!(cache.get("a").await.unwrap(), None);
+    // Writes without a queue are refused, with a clear error.
+    assert!(matches!(
+        writer.set_behind("b", "x".into()).await,
+        Err(WriteError::NoQueue)
+    ));
+    let stats = cache.stats().write.unwrap();
+    assert_eq!(stats.through_ok, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_write_changes_no_tier() {
+    let redis = RedisServer::start();
+    let (mut pg, store) = database().await;
+    let cache: Cache<String> = Cache::builder("items").redis(redis.url()).build().unwrap();
+    let writer = Writer::builder(cache.clone(), store.clone())
+        .start()
+        .await
+        .unwrap();
+    writer.set_through("a", "old".into()).await.unwrap();
+
+    // Refused by the database: a constraint.
+    pg.psql("ALTER TABLE items ADD CONSTRAINT no_poison CHECK (value IS NULL OR value #>> '{}' <> 'poison')");
+    let err = writer.set_through("a", "poison".into()).await.unwrap_err();
+    assert!(
+        matches!(&err, WriteError::Store(e) if e.kind() == StoreErrorKind::Rejected),
+        "{err}"
+    );
+    // Down.
+    pg.stop();
+    let err = writer.set_through("a", "new".into()).await.unwrap_err();
+    assert!(
+        matches!(&err, WriteError::Store(e) if e.kind() == StoreErrorKind::Unavailable),
+        "{err}"
+    );
+    let err = writer.remove_through("a").await.unwrap_err();
+    assert!(matches!(err, WriteError::Store(_)));
+
+    // Every tier still holds the old value: L1, and L2 as a fresh instance sees it.
+    assert_eq!(
+        cache.get("a").await.unwrap().as_deref().map(String::as_str),
+        Some("old")
+    );
+    let other: Cache<String> = Cache::builder("items").redis(redis.url()).build().unwrap();
+    assert_eq!(
+        other.get("a").await.unwrap().as_deref().map(String::as_str),
+        Some("old")
+    );
+    pg.start_again();
+    assert_eq!(value(&store, "a").await.as_deref(), Some("old"));
+    assert_eq!(writer.stats().through_errors, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_reaches_other_instances() {
+    let redis = RedisServer::start();
+    let (_pg, store) = database().await;
+    let a: Cache<String> = Cache::builder("items").redis(redis.url()).build().unwrap();
+    let b: Cache<String> = Cache::builder("items").redis(redis.url()).build().unwrap();
+    let writer = Writer::builder(a.clone(), store.clone())
+        .start()
+        .await
+        .unwrap();
+    b.set("k", "stale".into()).await.unwrap();
+    assert!(b.sync_backplane(Duration::from_secs(5)).await);
+    writer.set_through("k", "fresh".into()).await.unwrap();
+    assert!(a.sync_backplane(Duration::from_secs(5)).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = b.get("k").await.unwrap();
+        if got.as_deref().map(String::as_str) == Some("fresh") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "b still sees {got:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_behind_is_visible_at_once_and_lands_coalesced() {
+    let (_pg, store) = database().await;
+    let cache = cache();
+    let dir = wal_dir("lands");
+    let writer = Writer::builder(cache.clone(), store.clone())
+        .wal(&dir)
+        .flush_interval(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    for i in 0..100 {
+        writer
+            .set_behind(&format!("k{i}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    for round in 0..10 {
+        writer
+            .set_behind("hot", format!("hot{round}"))
+            .await
+            .unwrap();
+    }
+    writer.remove_behind("k0").await.unwrap();
+    // Visible at once.
+    assert_eq!(
+        cache
+            .get("k5")
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("v5")
+    );
+    assert_eq!(
+        cache
+            .get("hot")
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("hot9")
+    );
+    assert_eq!(cache.get("k0").await.unwrap(), None);
+    assert!(writer.flush(WAIT).await);
+    let rows = store.dump().await.unwrap();
+    assert_eq!(rows.len(), 100, "k1..k99 and hot");
+    assert_eq!(value(&store, "hot").await.as_deref(), Some("hot9"));
+    assert_eq!(value(&store, "k99").await.as_deref(), Some("v99"));
+    assert!(matches!(
+        store.stored("k0").await.unwrap(),
+        Some(Stored { value: None, .. })
+    ));
+    let stats = writer.stats();
+    assert_eq!(stats.acknowledged, 111);
+    assert_eq!(stats.queue_depth, 0);
+    assert!(stats.coalesced >= 1, "{stats:?}");
+    assert_eq!(stats.flushed + stats.coalesced, 111, "{stats:?}");
+    assert!(stats.flush_p99 > Duration::ZERO);
+    let report = writer.shutdown(WAIT).await;
+    assert!(report.drained && report.left == 0);
+    assert!(matches!(
+        writer.set_behind("x", "y".into()).await,
+        Err(WriteError::ShuttingDown)
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_without_blocking_other_keys() {
+    let (pg, store) = database().await;
+    pg.psql("ALTER TABLE items ADD CONSTRAINT no_poison CHECK (value IS NULL OR value #>> '{}' <> 'poison')");
+    let cache = cache();
+    let dir = wal_dir("poison");
+    let writer = Writer::builder(cache.clone(), store.clone())
+        .wal(&dir)
+        .max_attempts(3)
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    writer.set_behind("bad", "poison".into()).await.unwrap();
+    for i in 0..50 {
+        writer
+            .set_behind(&format!("k{i}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(
+        store.dump().await.unwrap().len(),
+        50,
+        "every good key landed"
+    );
+    let dead = writer.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key, "bad");
+    assert_eq!(dead[0].value.as_deref(), Some("poison"));
+    assert!(dead[0].reason.contains("no_poison"), "{}", dead[0].reason);
+    let stats = writer.stats();
+    assert_eq!((stats.dead_letters, stats.dead_lettered), (1, 1));
+    assert!(stats.retries >= 2, "{stats:?}");
+
+    // Fixed at the source, the dead letter replays; a second poison is dropped.
+    pg.psql("ALTER TABLE items DROP CONSTRAINT no_poison");
+    assert!(writer.replay_dead_letter(&dead[0].id).await.unwrap());
+    assert!(!writer.replay_dead_letter(&dead[0].id).await.unwrap());
+    assert!(!writer.replay_dead_letter("../../etc/passwd").await.unwrap());
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(value(&store, "bad").await.as_deref(), Some("poison"));
+    assert_eq!(writer.stats().dead_letters, 0);
+
+    pg.psql("ALTER TABLE items ADD CONSTRAINT no_poison CHECK (value IS NULL OR value #>> '{}' <> 'poison2')");
+    writer.set_behind("bad2", "poison2".into()).await.unwrap();
+    assert!(writer.flush(WAIT).await);
+    let dead = writer.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(writer.drop_dead_letter(&dead[0].id).await.unwrap());
+    assert!(writer.dead_letters().await.unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_down_the_queue_grows_then_drains() {
+    let (mut pg, store) = database().await;
+    let cache = cache();
+    let dir = wal_dir("down");
+    let writer = Writer::builder(cache.clone(), store.clone())
+        .wal(&dir)
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    pg.stop();
+    for i in 0..200 {
+        writer
+            .set_behind(&format!("k{i}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    // (Each attempt waits up to the pool's 1 s acquire timeout.)
+    assert!(!writer.flush(Duration::from_millis(2500)).await);
+    let stats = writer.stats();
+    assert_eq!(stats.queue_depth, 200);
+    assert!(stats.oldest_age > Duration::ZERO, "{stats:?}");
+    assert!(stats.retries > 0);
+    assert_eq!(stats.dead_lettered, 0, "an outage never dead-letters");
+    pg.start_again();
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(store.dump().await.unwrap().len(), 200);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_pushes_back_and_changes_nothing() {
+    let (mut pg, store) = database().await;
+    let cache = cache();
+    let dir = wal_dir("full");
+    let writer = Writer::builder(cache.clone(), store.clone())
+        .wal(&dir)
+        .max_queued(10)
+        .enqueue_timeout(Duration::from_millis(100))
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    pg.stop();
+    for i in 0..10 {
+        writer
+            .set_behind(&format!("k{i}"), "v".into())
+            .await
+            .unwrap();
+    }
+    let err = writer.set_behind("k10", "v".into()).await.unwrap_err();
+    assert!(
+        matches!(err, WriteError::QueueFull { depth: 10, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        cache.get("k10").await.unwrap(),
+        None,
+        "a refused write is not visible"
+    );
+    assert_eq!(writer.stats().refused_full, 1);
+    // Room again once the store is back.
+    pg.start_again();
+    assert!(writer.flush(WAIT).await);
+    writer.set_behind("k10", "v".into()).await.unwrap();
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(store.dump().await.unwrap().len(), 11);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_replays_what_was_acknowledged() {
+    let (mut pg, store) = database().await;
+    let dir = wal_dir("restart");
+    pg.stop();
+    {
+        let writer = Writer::builder(cache(), store.clone())
+            .wal(&dir)
+            .start()
+            .await
+            .unwrap();
+        for i in 0..50 {
+            writer
+                .set_behind(&format!("k{i}"), format!("v{i}"))
+                .await
+                .unwrap();
+        }
+        let report = writer.shutdown(Duration::from_millis(200)).await;
+        assert!(!report.drained);
+        assert_eq!(report.left, 50);
+    }
+    pg.start_again();
+    let writer = Writer::builder(cache(), store.clone())
+        .wal(&dir)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(writer.stats().recovered, 50);
+    // A write after the restart is newer than every replayed one.
+    writer.set_behind("k0", "after".into()).await.unwrap();
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(store.dump().await.unwrap().len(), 50);
+    assert_eq!(value(&store, "k0").await.as_deref(), Some("after"));
+    assert_eq!(value(&store, "k49").await.as_deref(), Some("v49"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependants_and_named_tags_are_invalidated_when_the_write_lands() {
+    let (_pg, store) = database().await;
+    let cache = cache();
+    let dir = wal_dir("dependants");
+    let writer = Writer::builder(cache.clone(), store.clone())
+        .wal(&dir)
+        .flush_interval(Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    writer.set_behind("user:1", "Ada".into()).await.unwrap();
+
+    // Two entries derived from the database, loaded while the write is still
+    // queued: they see the old data.
+    let loads = Arc::new(AtomicUsize::new(0));
+    let derived = |key: &'static str, opts: Options| {
+        let (cache, store, loads) = (cache.clone(), store.clone(), Arc::clone(&loads));
+        async move {
+            cache
+                .get_or_load_with(key, &opts, move || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    let n = store.dump().await.map_err(std::io::Error::other)?.len();
+                    Ok::<_, std::io::Error>(Some(format!("{n} users")))
+                })
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let depends = Options::default().depends_on("user:1");
+    let tagged = Options::default().tags(["user-lists"]);
+    assert_eq!(*derived("count", depends.clone()).await, "0 users");
+    assert_eq!(*derived("list", tagged.clone()).await, "0 users");
+    writer
+        .set_behind_with(
+            "user:2",
+            "Grace".into(),
+            &WriteOptions::new().invalidate_tag("user-lists"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        *derived("count", depends.clone()).await,
+        "0 users",
+        "cached"
+    );
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+
+    assert!(writer.flush(WAIT).await);
+    // Landed: both derived entries were dropped, and reload the new data.
+    assert_eq!(*derived("count", depends).await, "2 users");
+    assert_eq!(*derived("list", tagged).await, "2 users");
+    assert_eq!(loads.load(Ordering::SeqCst), 4);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_stream_queue_is_drained_by_any_instance() {
+    let redis = RedisServer::start();
+    let (mut pg, store) = database().await;
+    let stream = |consumer: &str| {
+        StreamOptions::new(RedisL2::builder(redis.url()).build().unwrap())
+            .consumer(consumer)
+            .claim_idle(Duration::from_millis(300))
+    };
+    pg.stop();
+    {
+        // Instance a acknowledges writes, takes them from the stream and dies
+        // before the database comes back.
+        let a = Writer::builder(cache(), store.clone())
+            .redis_stream(stream("a"))
+            .retry_backoff(Duration::from_millis(20), Duration::from_millis(50))
+            .start()
+            .await
+            .unwrap();
+        for i in 0..30 {
+            a.set_behind(&format!("k{i}"), format!("v{i}"))
+                .await
+                .unwrap();
+        }
+        a.remove_behind("k0").await.unwrap();
+        assert!(!a.flush(Duration::from_millis(300)).await);
+    }
+    pg.start_again();
+    // Instance b claims a's pending records once they have been idle long enough.
+    let b = Writer::builder(cache(), store.clone())
+        .redis_stream(stream("b"))
+        .start()
+        .await
+        .unwrap();
+    assert!(b.flush(WAIT).await);
+    assert_eq!(store.dump().await.unwrap().len(), 29);
+    assert!(matches!(
+        store.stored("k0").await.unwrap(),
+        Some(Stored { value: None, .. })
+    ));
+    assert_eq!(redis.cli(&["XLEN", "{tiered-wb:items}"]).trim(), "0");
+
+    b.shutdown(WAIT).await;
+    // Dead letters work the same way on the stream.
+    pg.psql("ALTER TABLE items ADD CONSTRAINT no_poison CHECK (value IS NULL OR value #>> '{}' <> 'poison')");
+    let c = Writer::builder(cache(), store.clone())
+        .redis_stream(stream("c"))
+        .max_attempts(2)
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .start()
+        .await
+        .unwrap();
+    c.set_behind("bad", "poison".into()).await.unwrap();
+    assert!(c.flush(WAIT).await);
+    let dead = c.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    pg.psql("ALTER TABLE items DROP CONSTRAINT no_poison");
+    assert!(c.replay_dead_letter(&dead[0].id).await.unwrap());
+    assert!(c.flush(WAIT).await);
+    assert_eq!(value(&store, "bad").await.as_deref(), Some("poison"));
+}
