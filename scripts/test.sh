@@ -27,6 +27,19 @@ need() {
 command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }
 for req in "${REQUIRED[@]+"${REQUIRED[@]}"}"; do need "$req"; done
 
+# PostgreSQL's server programs (initdb, postgres) for the write-path tests:
+# tiered-testkit starts private servers from them. Debian keeps them off PATH,
+# in /usr/lib/postgresql/<version>/bin, which the testkit also searches.
+pg_server() { command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; }
+if ! pg_server; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: PostgreSQL's initdb is missing; installing postgresql" >&2
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  fi
+  pg_server || { echo "test.sh: the tests need PostgreSQL's server programs (Debian package 'postgresql'). Install it and run again." >&2; exit 1; }
+fi
+need psql:postgresql-client
+
 # Every example runs to completion (they print what they did). Examples that
 # use Redis get a private server on a Unix socket (no port to collide with,
 # and the machine's own Redis is left alone).
@@ -42,6 +55,9 @@ for example in crates/tiered/examples/*.rs; do
   echo "--- example $name"
   cargo run --quiet -p tiered --example "$name"
 done
+# (It starts its own private PostgreSQL.)
+echo "--- example write_behind"
+cargo run --quiet -p tiered-postgres --example write_behind
 
 # The benchmark harnesses still run (small smoke runs; speed and hit-ratio
 # targets are not asserted here — BENCHMARKS.md records the full runs).
@@ -53,6 +69,8 @@ echo "--- bench smoke: backplane-latency"
 cargo run --quiet -p tiered-bench --bin backplane-latency -- --n 20
 echo "--- bench smoke: hit-ratio on gli and loop"
 cargo run --quiet -p tiered-bench --bin hit-ratio -- --only gli,loop
+echo "--- bench smoke: write-paths"
+cargo run --quiet -p tiered-bench --bin write-paths -- --ops 2000 --rows 2000 --rounds 1
 
 # The optional zstd codec path (a cargo feature, so not in the default build).
 echo "--- L2 codecs with the zstd feature"

@@ -50,6 +50,8 @@ pub struct PostgresServer {
     /// Holds `data/` (the cluster, also the Unix socket's directory) and
     /// `postgres.log`.
     dir: PathBuf,
+    /// Production durability (`fsync=on`), for benchmarks.
+    durable: bool,
 }
 
 impl PostgresServer {
@@ -60,6 +62,21 @@ impl PostgresServer {
     /// If the server cannot be started (a test fixture: failing loudly is
     /// right), with the end of its log.
     pub fn start() -> Self {
+        Self::start_inner(false)
+    }
+
+    /// Starts a server with PostgreSQL's default durability (`fsync=on`,
+    /// `full_page_writes=on`): every commit is on disk when it returns, as in
+    /// production. For benchmarks, where the cost of a commit must be real.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_durable() -> Self {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(durable: bool) -> Self {
         let template = template();
         let dir = temp_dir("postgres");
         let data = dir.join("data");
@@ -75,6 +92,7 @@ impl PostgresServer {
             child: None,
             port: 0,
             dir,
+            durable,
         };
         let mut last = None;
         for _ in 0..5 {
@@ -109,13 +127,27 @@ impl PostgresServer {
             .arg("-k")
             .arg(&data)
             .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=off"])
+            .args([
+                "-c",
+                if self.durable {
+                    "fsync=on"
+                } else {
+                    "fsync=off"
+                },
+            ])
             // Not `off`: an asynchronous commit sits in the server's memory
             // for up to ~0.6 s, and `kill` would lose commits that clients
             // were told had succeeded. With `fsync=off`, `on` costs only a
             // write() per commit.
             .args(["-c", "synchronous_commit=on"])
-            .args(["-c", "full_page_writes=off"])
+            .args([
+                "-c",
+                if self.durable {
+                    "full_page_writes=on"
+                } else {
+                    "full_page_writes=off"
+                },
+            ])
             .args(["-c", "max_connections=100"])
             .current_dir(&self.dir)
             .stdin(Stdio::null())
