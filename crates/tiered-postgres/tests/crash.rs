@@ -35,9 +35,10 @@ fn key(op: u64) -> String {
     format!("k{}", op % KEYS)
 }
 
-/// Every tenth operation on a key removes it.
+/// Every tenth operation on a key removes it (so every key sees sets after
+/// removes and removes after sets).
 fn is_remove(op: u64) -> bool {
-    op % 10 == 9
+    (op / KEYS) % 10 == 9
 }
 
 async fn child() {

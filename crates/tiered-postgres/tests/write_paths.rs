@@ -258,6 +258,11 @@ async fn a_poison_record_is_dead_lettered_without_blocking_other_keys() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].key, "bad");
     assert_eq!(dead[0].value.as_deref(), Some("poison"));
+    assert_eq!(
+        cache.get("bad").await.unwrap(),
+        None,
+        "a dead letter is not served"
+    );
     assert!(dead[0].reason.contains("no_poison"), "{}", dead[0].reason);
     let stats = writer.stats();
     assert_eq!((stats.dead_letters, stats.dead_lettered), (1, 1));

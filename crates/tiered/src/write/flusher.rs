@@ -87,6 +87,9 @@ impl<V: Value> Flusher<V> {
     pub async fn run(self) {
         let mut held: HashMap<String, Held> = HashMap::new();
         let mut outage = 0u32;
+        // While the store is out, nothing is sent before this (new writes
+        // must not bypass the backoff).
+        let mut outage_until = Instant::now();
         let cap = self.config.batch_size.saturating_mul(4).max(1);
         loop {
             if self.control.stop.load(Ordering::SeqCst) {
@@ -107,6 +110,13 @@ impl<V: Value> Flusher<V> {
                 Ordering::Relaxed,
             );
             let now = Instant::now();
+            if now < outage_until {
+                tokio::select! {
+                    () = self.control.wake.notified() => {}
+                    () = tokio::time::sleep_until(outage_until) => {}
+                }
+                continue;
+            }
             let mut due: Vec<(&String, &Held)> =
                 held.iter().filter(|(_, h)| h.next_try <= now).collect();
             let draining = self.control.draining.load(Ordering::SeqCst);
@@ -143,10 +153,7 @@ impl<V: Value> Flusher<V> {
                     if outage == 1 || outage.is_multiple_of(20) {
                         tracing::warn!(error = %e, attempt = outage, "write-behind: store unavailable; retrying with backoff");
                     }
-                    let retry_at = Instant::now() + backoff(&self.config, outage);
-                    for h in held.values_mut() {
-                        h.next_try = h.next_try.max(retry_at);
-                    }
+                    outage_until = Instant::now() + backoff(&self.config, outage);
                 }
             }
         }
@@ -159,6 +166,12 @@ impl<V: Value> Flusher<V> {
                 Some(h) => {
                     self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
                     h.ids.push(id);
+                    // Whichever record wins, the tags every one of them
+                    // names are invalidated when it lands.
+                    let mut tags = std::mem::take(&mut h.record.invalidate);
+                    tags.extend(record.invalidate.iter().cloned());
+                    tags.sort_unstable();
+                    tags.dedup();
                     // Versions, not arrival, decide (several instances may
                     // feed one shared queue).
                     if record.version >= h.record.version {
@@ -167,6 +180,7 @@ impl<V: Value> Flusher<V> {
                         h.attempts = 0;
                         h.next_try = h.next_try.min(now);
                     }
+                    h.record.invalidate = tags;
                 }
                 None => {
                     held.insert(
@@ -293,6 +307,9 @@ impl<V: Value> Flusher<V> {
         {
             Ok(()) => {
                 held.remove(key);
+                // The store never accepted it: stop serving it (the next
+                // read loads what the store has).
+                let _ = self.cache.remove(key).await;
                 self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
                 self.counters.metrics.dead_letters.increment(1);

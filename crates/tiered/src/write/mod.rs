@@ -76,6 +76,17 @@
 //!   entries a time-to-live well above the flush delay, or a read that misses
 //!   the cache loads the old value from the store.
 //! * Versions come from clocks: across instances, "newest" is by wall clock.
+//! * The queue bound counts records, not bytes, and the write-ahead log keeps
+//!   records not yet flushed in memory as well as on disk: with large values,
+//!   size [`WriterBuilder::max_queued`] for memory.
+//! * A write-through whose store call timed out or lost its connection may
+//!   still have been applied by the store; the cache keeps the old value, and
+//!   the error says "unavailable", not "not applied".
+//! * A record the store refuses for good is dead-lettered and its key removed
+//!   from the cache; older writes it had superseded are dead with it (the
+//!   store keeps what it had before them).
+//! * A panic in the store or in decoding a value stops the flusher; writes
+//!   are still acknowledged (and stay durable) until the queue is full.
 
 pub mod flusher;
 mod queue;

@@ -149,7 +149,11 @@ impl Wal {
         let last = segments.len().checked_sub(1);
         for (i, (_, path)) in segments.iter().enumerate() {
             let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
-            let (frames, good_len) = parse_frames(&bytes);
+            let (frames, good_len, unreadable) = parse_frames(&bytes);
+            if unreadable > 0 {
+                corrupt += unreadable;
+                tracing::error!(segment = %path.display(), unreadable, "write-ahead log: intact frames of an unknown format skipped");
+            }
             for (seq, record) in frames {
                 max_seq = max_seq.max(seq);
                 max_version = max_version.max(record.version);
@@ -389,7 +393,16 @@ struct Writer {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Append>) {
         let mut buf = Vec::new();
+        // Set when a failed write could not be cut off: appending after
+        // garbage would hide later records from recovery, so refuse instead.
+        let mut broken = false;
         while let Ok(first) = rx.recv() {
+            if broken {
+                let _ = first.done.send(Err(WriteError::Queue(
+                    "write-ahead log: disabled after a write error it could not undo".into(),
+                )));
+                continue;
+            }
             let mut batch = vec![first];
             let (interval, max) = match self.options.fsync {
                 Fsync::Batched {
@@ -426,7 +439,9 @@ impl Writer {
             if let Err(e) = result {
                 // Cut what may have been half written, so the next frames
                 // follow good ones; the sequence numbers are simply skipped.
-                let _ = self.file.set_len(self.written);
+                if self.file.set_len(self.written).is_err() {
+                    broken = true;
+                }
                 let error = WriteError::Queue(format!("write-ahead log: {e}"));
                 for append in batch {
                     let _ = append.done.send(Err(error.clone()));
@@ -541,22 +556,22 @@ fn split_seq(payload: &[u8]) -> Option<(u64, &[u8])> {
     Some((seq, &payload[8..]))
 }
 
-/// The good frames at the start of a segment, and how many bytes they span.
-fn parse_frames(bytes: &[u8]) -> (Vec<(u64, Record)>, usize) {
-    let (mut frames, mut at) = (Vec::new(), 0);
+/// The good frames at the start of a segment, how many bytes they span, and
+/// how many frames were intact (CRC) but unreadable — skipped one by one,
+/// since an intact frame's length can be trusted.
+fn parse_frames(bytes: &[u8]) -> (Vec<(u64, Record)>, usize, u64) {
+    let (mut frames, mut at, mut unreadable) = (Vec::new(), 0, 0);
     while at < bytes.len() {
         let Some((payload, len)) = next_frame(&bytes[at..]) else {
             break;
         };
-        let Some((seq, record)) =
-            split_seq(payload).and_then(|(seq, body)| Some((seq, Record::decode(body)?)))
-        else {
-            break;
-        };
-        frames.push((seq, record));
+        match split_seq(payload).and_then(|(seq, body)| Some((seq, Record::decode(body)?))) {
+            Some(frame) => frames.push(frame),
+            None => unreadable += 1,
+        }
         at += len;
     }
-    (frames, at)
+    (frames, at, unreadable)
 }
 
 fn parse_dead(bytes: &[u8]) -> Option<(String, Record)> {

@@ -462,8 +462,15 @@ impl<V: Value> Writer<V> {
         shared.control.stop.store(true, Ordering::SeqCst);
         shared.control.wake.notify_one();
         let flusher = shared.flusher.lock().take();
-        if let Some(flusher) = flusher {
-            let _ = flusher.await;
+        if let Some(mut flusher) = flusher {
+            // A store call in progress may take up to the store timeout:
+            // give it a moment, then abandon it (its records stay queued).
+            if tokio::time::timeout(Duration::from_secs(1), &mut flusher)
+                .await
+                .is_err()
+            {
+                flusher.abort();
+            }
         }
         ShutdownReport {
             drained,
