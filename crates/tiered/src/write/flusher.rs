@@ -273,16 +273,18 @@ impl<V: Value> Flusher<V> {
         let n = writes.len() as u64;
         self.counters.flushed.fetch_add(n, Ordering::Relaxed);
         self.counters.metrics.flushed.increment(n);
+        // Invalidate before confirming: whoever waits for the queue to drain
+        // (`Writer::flush`) must find the dependants already invalidated.
+        let keys: Vec<String> = writes.iter().map(|w| w.key.clone()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        self.cache.inner.landed(&keys, &tags).await;
         if let Err(e) = self.queue.confirm(ids).await {
             // Applied but not confirmed: replayed after a restart, which
             // the store's version guard makes harmless.
             tracing::warn!(error = %e, "write-behind: cannot confirm flushed records");
         }
         self.control.space.notify_waiters();
-        let keys: Vec<String> = writes.iter().map(|w| w.key.clone()).collect();
-        tags.sort_unstable();
-        tags.dedup();
-        self.cache.inner.landed(&keys, &tags).await;
     }
 
     async fn refused(&self, held: &mut HashMap<String, Held>, key: &str, error: &StoreError) {
@@ -300,6 +302,10 @@ impl<V: Value> Flusher<V> {
 
     async fn bury(&self, held: &mut HashMap<String, Held>, key: &str, reason: String) {
         let Some(h) = held.get(key) else { return };
+        // The store never accepted it: stop serving it (the next read loads
+        // what the store has). Before the queue confirms it, so whoever waits
+        // for the queue to drain finds it gone from the cache.
+        let _ = self.cache.remove(key).await;
         match self
             .queue
             .bury(h.ids.clone(), h.record.clone(), reason)
@@ -307,9 +313,6 @@ impl<V: Value> Flusher<V> {
         {
             Ok(()) => {
                 held.remove(key);
-                // The store never accepted it: stop serving it (the next
-                // read loads what the store has).
-                let _ = self.cache.remove(key).await;
                 self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
                 self.counters.metrics.dead_letters.increment(1);
