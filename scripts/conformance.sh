@@ -32,7 +32,7 @@ trap cleanup EXIT
 (cd "$suite" && exec env npm_package_config_protocol=http npm_package_config_port="$origin_port" \
   npm_package_config_pidfile="$suite_home/origin.pid" node server/server.mjs) >"$suite_home/origin.log" 2>&1 &
 pids+=($!)
-"$root/target/debug/examples/proxy" --listen "127.0.0.1:$proxy_port" --origin "http://127.0.0.1:$origin_port" \
+"$root/target/debug/examples/proxy" --listen "127.0.0.1:$proxy_port" --origin "http://127.0.0.1:$origin_port" --targeted Surrogate-Control \
   >"$suite_home/proxy.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do

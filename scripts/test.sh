@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # Programs the tests need, as "command:debian-package": private Redis servers
 # and clusters (tiered-testkit starts them on free ports), and openssl for the
 # test CA of the TLS tests.
-REQUIRED=(redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools openssl:openssl)
+REQUIRED=(redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools openssl:openssl node:nodejs npm:npm python3:python3)
 
 need() {
   local cmd=${1%%:*} pkg=${1##*:}
@@ -58,6 +58,12 @@ done
 # (It starts its own private PostgreSQL.)
 echo "--- example write_behind"
 cargo run --quiet -p tiered-postgres --example write_behind
+
+# HTTP caching conformance (npm: http-cache-tests) against the CacheLayer
+# proxy example; fails if a "required" test fails that is not excused in
+# scripts/conformance-exceptions.txt (see CONFORMANCE.md).
+echo "--- HTTP caching conformance"
+bash scripts/conformance.sh
 
 # The benchmark harnesses still run (small smoke runs; speed and hit-ratio
 # targets are not asserted here — BENCHMARKS.md records the full runs).

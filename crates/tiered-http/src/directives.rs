@@ -28,6 +28,9 @@ pub(crate) struct Directive {
     pub name: String,
     /// The argument with quotes and escapes removed, if any.
     pub value: Option<String>,
+    /// The device the directive targets (`max-age=60;edge1`, Edge
+    /// Architecture 1.0, used by `Surrogate-Control`); `None` for everyone.
+    pub target: Option<String>,
 }
 
 /// The directives of one field (all its lines).
@@ -55,6 +58,16 @@ impl Directives {
         let mut list = Vec::new();
         parse_into(text, &mut list);
         Directives { list }
+    }
+
+    /// Drops directives targeted at a device other than `me`.
+    pub(crate) fn for_target(mut self, me: &str) -> Self {
+        self.list.retain(|d| {
+            d.target
+                .as_deref()
+                .is_none_or(|t| t.eq_ignore_ascii_case(me))
+        });
+        self
     }
 
     /// Whether no directive was found.
@@ -144,18 +157,31 @@ fn parse_into(text: &str, out: &mut Vec<Directive>) {
                 value = Some(v);
             } else {
                 let vstart = i;
-                while i < bytes.len() && bytes[i] != b',' {
+                while i < bytes.len() && bytes[i] != b',' && bytes[i] != b';' {
                     i += 1;
                 }
                 value = Some(text[vstart..i].trim().to_owned());
             }
+        }
+        let mut target = None;
+        if i < bytes.len() && bytes[i] == b';' {
+            i += 1;
+            let tstart = i;
+            while i < bytes.len() && bytes[i] != b',' {
+                i += 1;
+            }
+            target = Some(text[tstart..i].trim().to_owned());
         }
         // Skip whatever is left up to the next comma (junk after a value).
         while i < bytes.len() && bytes[i] != b',' {
             i += 1;
         }
         if !name.is_empty() && !out.iter().any(|d| d.name == name) {
-            out.push(Directive { name, value });
+            out.push(Directive {
+                name,
+                value,
+                target,
+            });
         }
     }
 }
@@ -197,6 +223,14 @@ mod tests {
             Directives::parse("max-age=\"30\"").seconds("max-age"),
             Some(Some(30))
         );
+    }
+
+    #[test]
+    fn targeted_directives() {
+        let d = Directives::parse("max-age=60;edge, no-store;other, public").for_target("edge");
+        assert_eq!(d.seconds("max-age"), Some(Some(60)));
+        assert!(!d.has("no-store"));
+        assert!(d.has("public"));
     }
 
     #[test]

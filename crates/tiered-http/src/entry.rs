@@ -82,8 +82,6 @@ impl Stored {
         body: Bytes,
         plan: &Plan,
         response_time: Duration,
-        tags: Vec<String>,
-        vary: Vec<String>,
         drop_fields: &[HeaderName],
     ) -> Stored {
         let headers = headers
@@ -109,8 +107,8 @@ impl Stored {
             sie: millis(plan.sie),
             must_revalidate: plan.must_revalidate,
             no_cache: plan.no_cache,
-            tags,
-            vary,
+            tags: Vec::new(),
+            vary: Vec::new(),
         }
     }
 
@@ -189,6 +187,7 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "keep-alive"
             | "proxy-connection"
             | "proxy-authenticate"
+            | "proxy-authentication-info"
             | "proxy-authorization"
             | "te"
             | "trailer"

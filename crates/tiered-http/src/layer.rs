@@ -260,6 +260,7 @@ impl CacheLayer {
                 heuristic: None,
                 heuristic_max: Duration::from_secs(86400),
                 targeted: Vec::new(),
+                device: String::new(),
                 store_set_cookie: false,
                 default_stale_if_error: Duration::ZERO,
             },
@@ -513,7 +514,10 @@ impl CacheLayerBuilder {
     /// Adds a targeted cache-control field (RFC 9213), e.g. `CDN-Cache-Control`
     /// or `Surrogate-Control`; when present in a response it replaces
     /// `Cache-Control` and `Expires` for this cache. The first configured
-    /// field present wins.
+    /// field present wins. Directives targeted at another device
+    /// (`max-age=60;other`) are ignored; with `Surrogate-Control`, requests
+    /// announce `Surrogate-Capability: <name>="Surrogate/1.0"` so the origin
+    /// can target this cache by its [`name`](Self::name).
     pub fn targeted_field(mut self, name: &str) -> Self {
         self.targeted.push(name.to_owned());
         self
@@ -636,6 +640,7 @@ impl CacheLayerBuilder {
             .iter()
             .map(|s| header(s))
             .collect::<Result<_, _>>()?;
+        self.freshness.device = self.name.clone();
         Ok(CacheLayer {
             shared: Arc::new(Shared {
                 cache: self.cache,

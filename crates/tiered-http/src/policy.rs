@@ -39,12 +39,17 @@ use crate::directives::{parse_delta_seconds, Directives, MAX_DELTA};
 /// minus 206: we do not store partial content.
 const HEURISTICALLY_CACHEABLE: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
-/// Whether we understand a status well enough to store it (with explicit
-/// freshness). Partial content and 304 are never stored; informational
-/// statuses never reach here.
+/// Statuses we understand well enough to store with explicit freshness: the
+/// heuristically cacheable ones plus redirects and common errors. Partial
+/// content and 304 are never stored; an unknown status (say 599) is not
+/// either — `must-understand` relies on that (RFC 9111 §5.2.2.3).
 pub(crate) fn understood(status: StatusCode) -> bool {
     let code = status.as_u16();
-    (200..600).contains(&code) && code != 206 && code != 304
+    HEURISTICALLY_CACHEABLE.contains(&code)
+        || matches!(
+            code,
+            302 | 303 | 307 | 400 | 403 | 406 | 451 | 500 | 502 | 503 | 504
+        )
 }
 
 /// The freshness settings a [`CacheLayer`](crate::CacheLayer) applies.
@@ -56,6 +61,8 @@ pub(crate) struct FreshnessConfig {
     pub heuristic_max: Duration,
     /// Targeted fields, most specific first (e.g. `cdn-cache-control`).
     pub targeted: Vec<HeaderName>,
+    /// Our device name for directives targeted with `;name`.
+    pub device: String,
     /// Store responses carrying `Set-Cookie` (the cookie is stored too).
     pub store_set_cookie: bool,
     /// Serve stale on origin errors for this long even without `stale-if-error`.
@@ -118,7 +125,7 @@ pub(crate) struct Plan {
 fn governing(headers: &HeaderMap, cfg: &FreshnessConfig) -> (Directives, bool) {
     for name in &cfg.targeted {
         if headers.contains_key(name) {
-            let d = Directives::parse_all(headers.get_all(name));
+            let d = Directives::parse_all(headers.get_all(name)).for_target(&cfg.device);
             if !d.is_empty() {
                 return (d, true);
             }
@@ -301,16 +308,24 @@ fn heuristic_lifetime(
     Some(since.mul_f64(fraction).min(cfg.heuristic_max))
 }
 
-/// The `Age` header as a duration: the first line, if it is a valid
-/// delta-seconds; anything else counts as 0 (§5.1: a cache ignores an invalid
-/// Age).
+/// The `Age` header as a duration. `Age` is a single delta-seconds (§5.1);
+/// anything else — several lines, a list, a sign, a fraction, parameters — is
+/// invalid, and we take the safe reading of an invalid age: as old as an age
+/// can be, so the response is stale and revalidated before it is reused.
 pub(crate) fn age_header(headers: &HeaderMap) -> Duration {
-    headers
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+    let mut lines = headers.get_all(http::header::AGE).iter();
+    let (Some(first), None) = (lines.next(), lines.next()) else {
+        return if headers.contains_key(http::header::AGE) {
+            Duration::from_secs(MAX_DELTA)
+        } else {
+            Duration::ZERO
+        };
+    };
+    first
+        .to_str()
+        .ok()
         .and_then(parse_delta_seconds)
-        .map_or(Duration::ZERO, Duration::from_secs)
+        .map_or(Duration::from_secs(MAX_DELTA), Duration::from_secs)
 }
 
 /// A date header as time since the epoch (all three HTTP-date formats).
@@ -443,6 +458,7 @@ mod tests {
             heuristic: None,
             heuristic_max: Duration::from_secs(86400),
             targeted: vec![HeaderName::from_static("cdn-cache-control")],
+            device: "tiered".into(),
             store_set_cookie: false,
             default_stale_if_error: Duration::ZERO,
         }
@@ -517,6 +533,40 @@ mod tests {
                 ]
             ),
             Err(NotStored::NoStore)
+        );
+    }
+
+    #[test]
+    fn targeted_directives_for_this_device() {
+        let mut c = cfg();
+        c.targeted = vec![HeaderName::from_static("surrogate-control")];
+        let res = headers(&[
+            ("cache-control", "no-store"),
+            ("surrogate-control", "max-age=10000;tiered"),
+        ]);
+        let p = plan(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &res,
+            T,
+            T,
+            &c,
+        )
+        .unwrap();
+        assert_eq!(p.lifetime, Duration::from_secs(10000));
+        let res = headers(&[("surrogate-control", "max-age=10000;other")]);
+        assert_eq!(
+            plan(
+                &Method::GET,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &res,
+                T,
+                T,
+                &c
+            ),
+            Err(NotStored::NoLifetime)
         );
     }
 

@@ -97,11 +97,12 @@ const CLIENT_CONDITIONALS: [HeaderName; 4] = [
     header::IF_UNMODIFIED_SINCE,
 ];
 
-/// Header fields a 304 must not change in the stored response (RFC 9111 §3.2).
+/// Header fields a 304 must not change in the stored response (RFC 9111
+/// §3.2): those describing the stored body, which the 304 does not replace.
 fn kept_on_update(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "content-length" | "content-encoding" | "content-range" | "transfer-encoding"
+        "content-length" | "content-encoding" | "content-range" | "content-md5" | "etag"
     ) || crate::entry::is_hop_by_hop(name)
 }
 
@@ -199,12 +200,22 @@ impl Shared {
         if rule.as_ref().is_some_and(|r| r.bypass) {
             return self.bypass(svc, req, "bypass").await;
         }
-        if req.headers().contains_key(header::RANGE) {
-            // We store whole responses only; a range goes to the origin as is.
-            return self.bypass(svc, req, "range").await;
-        }
+        // We store whole responses only: a range is served from a fresh stored
+        // response, and otherwise goes to the origin as is.
+        let range = req.headers().contains_key(header::RANGE);
         for name in &self.unkeyed {
             req.headers_mut().remove(name);
+        }
+        if self
+            .freshness
+            .targeted
+            .iter()
+            .any(|t| t == "surrogate-control")
+        {
+            if let Ok(v) = HeaderValue::from_str(&format!("{}=\"Surrogate/1.0\"", self.name)) {
+                req.headers_mut()
+                    .append(HeaderName::from_static("surrogate-capability"), v);
+            }
         }
 
         let rules = RequestRules::from_headers(req.headers());
@@ -238,6 +249,9 @@ impl Shared {
                         return Ok(self.serve(&req, &stored, now, &status, XCache::Stale));
                     }
                     Reuse::Revalidate => {
+                        if range {
+                            return self.bypass(svc, req, "range").await;
+                        }
                         if rules.only_if_cached {
                             return Ok(gateway_timeout(&self.name));
                         }
@@ -266,6 +280,9 @@ impl Shared {
         };
         if rules.only_if_cached {
             return Ok(gateway_timeout(&self.name));
+        }
+        if range {
+            return self.bypass(svc, req, "range").await;
         }
         let fwd = if vary_miss { "vary-miss" } else { "uri-miss" };
         self.fetch(svc, req, primary, None, fwd, rule.and_then(|r| r.ttl))
@@ -501,16 +518,18 @@ impl Shared {
         } else {
             self.tag_headers.clone()
         };
-        let stored = Arc::new(Stored::new(
-            parts.status,
-            &parts.headers,
-            bytes,
-            &plan,
-            response_time,
+        let stored = Arc::new(Stored {
             tags,
-            vary.iter().map(|n| n.as_str().to_owned()).collect(),
-            &drop_fields,
-        ));
+            vary: vary.iter().map(|n| n.as_str().to_owned()).collect(),
+            ..Stored::new(
+                parts.status,
+                &parts.headers,
+                bytes,
+                &plan,
+                response_time,
+                &drop_fields,
+            )
+        });
         let stored_ok = self.store(&primary, &vary, client.headers(), &stored).await;
         let now = self.now_ms();
         if stored_ok {
@@ -762,6 +781,29 @@ impl Shared {
                 headers.remove(name);
             }
             (StatusCode::NOT_MODIFIED, body::empty())
+        } else if let Some(range) = requested_range(req, stored, &headers) {
+            match range {
+                Some((start, end)) => {
+                    let total = stored.body.len();
+                    let content_range = format!("bytes {start}-{end}/{total}");
+                    if let Ok(v) = HeaderValue::from_str(&content_range) {
+                        headers.insert(header::CONTENT_RANGE, v);
+                    }
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end + 1 - start));
+                    (
+                        StatusCode::PARTIAL_CONTENT,
+                        body::full(stored.body.slice(start..=end)),
+                    )
+                }
+                None => {
+                    let content_range = format!("bytes */{}", stored.body.len());
+                    if let Ok(v) = HeaderValue::from_str(&content_range) {
+                        headers.insert(header::CONTENT_RANGE, v);
+                    }
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                    (StatusCode::RANGE_NOT_SATISFIABLE, body::empty())
+                }
+            }
         } else {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
             let b = if req.method() == Method::HEAD {
@@ -795,6 +837,63 @@ fn variant_key(primary: &str, stored: &Stored, headers: &HeaderMap) -> String {
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     key::variant(primary, &names, headers)
+}
+
+/// The byte range a GET asks of a stored 200 (RFC 9110 §14.2): `None` when
+/// the whole response is to be sent (no Range, several ranges, a Range we do
+/// not parse, an `If-Range` that does not match); `Some(None)` when the range
+/// cannot be satisfied; `Some(Some((first, last)))` otherwise (inclusive).
+fn requested_range(
+    req: &Request<impl Sized>,
+    stored: &Stored,
+    headers: &HeaderMap,
+) -> Option<Option<(usize, usize)>> {
+    if req.method() != Method::GET || stored.status != 200 {
+        return None;
+    }
+    let spec = req.headers().get(header::RANGE)?.to_str().ok()?.trim();
+    if let Some(if_range) = req.headers().get(header::IF_RANGE) {
+        // Only a strong ETag or the exact Last-Modified date validates.
+        let matches = headers
+            .get(header::ETAG)
+            .is_some_and(|e| e == if_range && !e.as_bytes().starts_with(b"W/"))
+            || headers
+                .get(header::LAST_MODIFIED)
+                .is_some_and(|lm| lm == if_range);
+        if !matches {
+            return None;
+        }
+    }
+    let ranges = spec.strip_prefix("bytes=")?;
+    if ranges.contains(',') {
+        return None;
+    }
+    let (first, last) = ranges.split_once('-')?;
+    let len = stored.body.len();
+    let parse = |s: &str| s.trim().parse::<usize>().ok();
+    let (start, end) = match (first.trim().is_empty(), last.trim().is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => {
+            let n = parse(last)?;
+            if n == 0 || len == 0 {
+                return Some(None);
+            }
+            (len.saturating_sub(n), len - 1)
+        }
+        (false, true) => (parse(first)?, len.saturating_sub(1)),
+        (false, false) => {
+            let (a, b) = (parse(first)?, parse(last)?);
+            if b < a {
+                return None;
+            }
+            (a, b.min(len.saturating_sub(1)))
+        }
+        (true, true) => return None,
+    };
+    if start >= len {
+        return Some(None);
+    }
+    Some(Some((start, end)))
 }
 
 fn add_validators(headers: &mut HeaderMap, stale: &Stored) {

@@ -119,7 +119,6 @@ pub use last_modified::{
 };
 pub use no_store::{NoStoreLayer, NoStoreService};
 
-use bytes::Bytes;
 use http::{header, HeaderMap, Method, Response, StatusCode};
 
 pub(crate) use crate::body::boxed as box_body;
