@@ -466,7 +466,7 @@ impl Shared {
             return true;
         }
         for tag in tags {
-            if self.marker(&format!("m|t|{tag}")).await >= stored_at {
+            if self.marker(&format!("m|t|{}", engine_tag(tag))).await >= stored_at {
                 return true;
             }
         }
