@@ -56,6 +56,8 @@ for example in crates/tiered/examples/*.rs; do
   cargo run --quiet -p tiered --example "$name"
 done
 # (It starts its own private PostgreSQL.)
+echo "--- example origin_helpers"
+cargo run --quiet -p tiered-http --example origin_helpers
 echo "--- example write_behind"
 cargo run --quiet -p tiered-postgres --example write_behind
 
