@@ -56,6 +56,9 @@ pub(crate) struct Stored {
     /// the fields the origin asked not to store.
     pub headers: Vec<(String, Bytes)>,
     pub body: Bytes,
+    /// When the request that fetched it left (ms since the epoch, the
+    /// cache's clock): a soft purge after this covers the response.
+    pub request_time: u64,
     /// When the response arrived here (ms since the epoch, the cache's clock).
     pub response_time: u64,
     /// `corrected_initial_age` (ms).
@@ -100,6 +103,7 @@ impl Stored {
             status: status.as_u16(),
             headers,
             body,
+            request_time: millis(response_time.saturating_sub(plan.delay)),
             response_time: millis(response_time),
             initial_age: millis(plan.initial_age),
             lifetime: millis(plan.lifetime),
@@ -153,7 +157,7 @@ impl Stored {
     /// Whether it may be served stale on an origin error at `now`.
     pub(crate) fn serves_on_error(&self, now: u64) -> bool {
         let f = self.freshness(now, false);
-        !self.must_revalidate && f.staleness() <= Duration::from_millis(self.sie)
+        !self.must_revalidate && !self.no_cache && f.staleness() <= Duration::from_millis(self.sie)
     }
 
     /// The first value of a stored header.
@@ -175,7 +179,9 @@ impl Stored {
         } else {
             Duration::ZERO
         };
-        (fresh_left + stale.max(revalidate)).clamp(Duration::from_secs(1), cap)
+        (fresh_left + stale.max(revalidate))
+            .min(cap)
+            .max(Duration::from_secs(1))
     }
 }
 

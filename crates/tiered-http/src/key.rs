@@ -52,20 +52,22 @@ pub(crate) fn primary(
     tenant_header: Option<&HeaderName>,
     opts: &KeyOptions,
 ) -> Option<String> {
+    // Several values, or a value that is not text, could be read differently
+    // by the origin than by us: no key (the request bypasses the cache).
     let tenant = match tenant_header {
-        Some(name) => headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
+        Some(name) => single(headers, name)?.unwrap_or(""),
         None => "",
     };
+    let host = single(headers, &http::header::HOST)?;
     let scheme = uri
         .scheme_str()
         .unwrap_or(default_scheme)
         .to_ascii_lowercase();
-    let authority = match uri.authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => headers.get(http::header::HOST)?.to_str().ok()?.to_owned(),
+    let authority = match (uri.authority(), host) {
+        // An absolute URI and a Host that disagree: the origin may use either.
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => return None,
+        (Some(a), _) => a.as_str().to_owned(),
+        (None, h) => h?.to_owned(),
     };
     let host = normalize_host(&authority, &scheme)?;
     let path = normalize_percent(if uri.path().is_empty() {
@@ -182,7 +184,34 @@ pub(crate) fn normalize_percent(s: &str) -> String {
     out
 }
 
-fn normalize_query(query: &str, opts: &KeyOptions) -> String {
+/// The only value of `name`: `Some(None)` if absent, `None` if repeated or
+/// not visible ASCII.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Option<&'a str>> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Some(None),
+        (Some(v), None) => v.to_str().ok().map(Some),
+        _ => None,
+    }
+}
+
+/// Whether a path could mean something else after normalization (dot
+/// segments, encoded slashes or dots, empty segments): such requests bypass the
+/// cache, so a rule or a key can never be fooled by `/static/../account`.
+pub(crate) fn is_ambiguous_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("%2f")
+        || lower.contains("%2e")
+        || lower.contains("%5c")
+        || lower.contains('\\')
+        || lower.contains("//")
+        || lower.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// The query as the origin should receive it for this route: the parameters
+/// the key ignores removed, sorted if the key sorts — so what is stored under a
+/// key is exactly what the key says.
+pub(crate) fn normalize_query(query: &str, opts: &KeyOptions) -> String {
     if opts.ignore_params.is_empty() && !opts.sort_query {
         return normalize_percent(query);
     }
@@ -196,7 +225,8 @@ fn normalize_query(query: &str, opts: &KeyOptions) -> String {
         .map(normalize_percent)
         .collect();
     if opts.sort_query {
-        params.sort();
+        // By name only, stably: `a=2&a=1` keeps its order (it may matter).
+        params.sort_by(|a, b| a.split('=').next().cmp(&b.split('=').next()));
     }
     params.join("&")
 }

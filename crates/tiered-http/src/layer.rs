@@ -1,7 +1,6 @@
 //! [`CacheLayer`]: configuration, per-route [`Rule`]s, purges and counters.
 //! What happens to a request is in [`crate::service`].
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,6 +184,8 @@ pub(crate) struct Shared {
     pub max_keep: Duration,
     pub flights: Flights,
     pub counters: Counters,
+    /// Soft-purge markers known to be absent, and when that was checked (ms).
+    pub absent: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// A `tower::Layer` that puts an RFC 9111 shared cache, stored in a
@@ -425,6 +426,11 @@ impl Shared {
     /// hits skip the marker checks when nothing was soft-purged recently).
     async fn mark(&self, marker: &str) -> Result<(), tiered::Error> {
         let now = self.now_ms();
+        {
+            let mut absent = self.absent.lock();
+            absent.remove(marker);
+            absent.remove("m|any");
+        }
         let opts = self
             .cache
             .options()
@@ -438,47 +444,77 @@ impl Shared {
             .await
     }
 
-    /// The time of a marker, 0 if none. Absence is cached (negative entries),
-    /// and a new marker replaces it on every instance through the backplane.
+    /// The time of a marker, 0 if none. Markers are read with a plain `get`
+    /// (L1, then L2) and never written on a read: a failed L2 read must not
+    /// store an "absent" that would overwrite a real marker. Absence is
+    /// remembered here for [`ABSENT_FOR`], so a hit costs no Redis call; a
+    /// marker set on another instance is seen within that time.
     async fn marker(&self, marker: &str) -> u64 {
-        let opts = self
-            .cache
-            .options()
-            .ttl(self.max_keep)
-            .grace(Duration::ZERO)
-            .negative_ttl(Duration::from_secs(3600));
-        let got = self
-            .cache
-            .get_or_load_with(marker, &opts, || async { Ok::<_, Infallible>(None) })
-            .await;
-        match got.ok().flatten().as_deref() {
+        let now = self.now_ms();
+        if let Some(&checked) = self.absent.lock().get(marker) {
+            if now.saturating_sub(checked) < ABSENT_FOR_MS {
+                return 0;
+            }
+        }
+        match self.cache.get(marker).await.ok().flatten().as_deref() {
             Some(HttpEntry(Kind::Marker(at))) => *at,
-            _ => 0,
+            _ => {
+                let mut absent = self.absent.lock();
+                if absent.len() >= MAX_ABSENT {
+                    absent.clear(); // bounded: forgetting only costs a lookup
+                }
+                absent.insert(marker.to_owned(), now);
+                0
+            }
         }
     }
 
-    /// Whether a stored response was soft-purged after it was stored.
-    pub(crate) async fn soft_purged(&self, primary: &str, tags: &[String], stored_at: u64) -> bool {
-        if self.marker("m|any").await < stored_at {
+    /// Whether a stored response was soft-purged after it was requested
+    /// (`requested_at`, so a purge during the fetch counts).
+    pub(crate) async fn soft_purged(
+        &self,
+        primary: &str,
+        tags: &[String],
+        requested_at: u64,
+    ) -> bool {
+        if self.marker("m|any").await < requested_at {
             return false;
         }
-        if self.marker(&format!("m|u|{}", key::url_tag(primary))).await >= stored_at {
+        if self.marker(&format!("m|u|{}", key::url_tag(primary))).await >= requested_at {
             return true;
         }
         for tag in tags {
-            if self.marker(&format!("m|t|{}", engine_tag(tag))).await >= stored_at {
+            if self.marker(&format!("m|t|{}", engine_tag(tag))).await >= requested_at {
                 return true;
             }
         }
-        // Prefix markers end at a '/': check each segment boundary of the URL.
-        for (i, _) in primary.match_indices('/') {
-            if self.marker(&format!("m|p|{}", &primary[..=i])).await >= stored_at {
+        // Prefix markers end at a '/': check the path's segment boundaries
+        // (at most MAX_PREFIX_DEPTH of them, so a hostile URL cannot multiply
+        // the lookups).
+        let path_start = primary.find("://").map_or(0, |i| i + 3);
+        let path_start = primary[path_start..]
+            .find('/')
+            .map_or(primary.len(), |i| path_start + i);
+        let path_end = primary.find('?').unwrap_or(primary.len());
+        for (i, _) in primary[path_start..path_end]
+            .match_indices('/')
+            .take(MAX_PREFIX_DEPTH)
+        {
+            let prefix = &primary[..=path_start + i];
+            if self.marker(&format!("m|p|{prefix}")).await >= requested_at {
                 return true;
             }
         }
         false
     }
 }
+
+/// How long an absent soft-purge marker is remembered locally.
+const ABSENT_FOR_MS: u64 = 1000;
+/// The most absent markers remembered.
+const MAX_ABSENT: usize = 100_000;
+/// The deepest path prefix a soft purge by prefix can reach.
+const MAX_PREFIX_DEPTH: usize = 16;
 
 impl CacheLayerBuilder {
     /// The clock (default: the system clock). Give the engine cache the same
@@ -667,6 +703,7 @@ impl CacheLayerBuilder {
                 max_keep,
                 flights: Flights::default(),
                 counters: Counters::default(),
+                absent: Default::default(),
             }),
         })
     }

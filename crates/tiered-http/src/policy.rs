@@ -117,6 +117,8 @@ pub(crate) struct Plan {
     pub strip: Vec<HeaderName>,
     /// Whether the response has a validator (`ETag` or `Last-Modified`).
     pub has_validator: bool,
+    /// How long the origin took (response time − request time).
+    pub delay: Duration,
 }
 
 /// The directives that govern this cache for a response: the first targeted
@@ -192,7 +194,16 @@ pub(crate) fn plan(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|f| f.trim() == "*");
-    if vary_star {
+    // `*`, or a field name we cannot parse (we could not key on it): never stored.
+    let vary_unusable = res_headers.get_all(http::header::VARY).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .any(|f| HeaderName::from_bytes(f.as_bytes()).is_err())
+        })
+    });
+    if vary_star || vary_unusable {
         return Err(NotStored::VaryStar);
     }
 
@@ -248,6 +259,7 @@ pub(crate) fn plan(
         no_cache,
         strip,
         has_validator,
+        delay,
     })
 }
 
@@ -348,6 +360,8 @@ pub(crate) struct RequestRules {
     /// `max-stale`: `Some(None)` accepts any staleness.
     pub max_stale: Option<Option<Duration>>,
     pub only_if_cached: bool,
+    /// `no-store`: this exchange must not be stored.
+    pub no_store: bool,
 }
 
 impl RequestRules {
@@ -372,6 +386,7 @@ impl RequestRules {
             min_fresh: secs("min-fresh"),
             max_stale: cc.seconds("max-stale").map(|v| v.map(Duration::from_secs)),
             only_if_cached: cc.has("only-if-cached"),
+            no_store: cc.has("no-store"),
         }
     }
 }
@@ -652,11 +667,15 @@ mod tests {
             Duration::from_secs(5),
             "apparent age 5 > 3 + 1"
         );
-        assert_eq!(age_header(&headers(&[("age", "-3")])), Duration::ZERO);
+        let invalid = Duration::from_secs(MAX_DELTA);
+        assert_eq!(age_header(&headers(&[("age", "-3")])), invalid);
+        assert_eq!(age_header(&headers(&[("age", "7, 9")])), invalid);
+        assert_eq!(age_header(&headers(&[("age", "1"), ("age", "1")])), invalid);
         assert_eq!(
-            age_header(&headers(&[("age", "7, 9")])),
-            Duration::from_secs(7)
+            age_header(&headers(&[("age", "12")])),
+            Duration::from_secs(12)
         );
+        assert_eq!(age_header(&headers(&[])), Duration::ZERO);
     }
 
     #[test]

@@ -58,6 +58,10 @@ impl<S> Layer<S> for CacheLayer {
     }
 }
 
+/// The longest a coalesced waiter waits for its leader before going to the
+/// origin itself, and the longest a background revalidation may run.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for CacheService<S>
@@ -172,7 +176,9 @@ impl Shared {
         ResB::Error: Into<BoxError>,
     {
         let method = req.method().clone();
-        let rule = self.rule_for(req.uri().path()).cloned();
+        let rule = self
+            .rule_for(&key::normalize_percent(req.uri().path()))
+            .cloned();
         let key_opts = rule.as_ref().map(|r| r.key.clone()).unwrap_or_default();
         let primary = key::primary(
             req.uri(),
@@ -197,6 +203,33 @@ impl Shared {
         let Some(primary) = primary else {
             return self.bypass(svc, req, "no-key").await;
         };
+        if key::is_ambiguous_path(req.uri().path()) {
+            return self.bypass(svc, req, "path").await;
+        }
+        // A GET body is not in the key, so it must not shape what is stored.
+        let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if has_body {
+            return self.bypass(svc, req, "body").await;
+        }
+        if key_opts.sort_query || !key_opts.ignore_params.is_empty() {
+            // The origin gets the query the key describes (no ignored params).
+            if let Some(pq) = req.uri().path_and_query() {
+                let query = pq.query().map(|q| key::normalize_query(q, &key_opts));
+                let rebuilt = match query {
+                    Some(q) if !q.is_empty() => format!("{}?{q}", pq.path()),
+                    _ => pq.path().to_owned(),
+                };
+                let mut parts = req.uri().clone().into_parts();
+                parts.path_and_query = rebuilt.parse().ok();
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
         if rule.as_ref().is_some_and(|r| r.bypass) {
             return self.bypass(svc, req, "bypass").await;
         }
@@ -224,7 +257,7 @@ impl Shared {
             Lookup::Found(stored) => {
                 let now = self.now_ms();
                 let purged = self
-                    .soft_purged(&primary, &stored.tags, stored.response_time)
+                    .soft_purged(&primary, &stored.tags, stored.request_time)
                     .await;
                 match stored.freshness(now, purged).reuse(&rules) {
                     Reuse::Fresh => {
@@ -249,11 +282,11 @@ impl Shared {
                         return Ok(self.serve(&req, &stored, now, &status, XCache::Stale));
                     }
                     Reuse::Revalidate => {
-                        if range {
-                            return self.bypass(svc, req, "range").await;
-                        }
                         if rules.only_if_cached {
                             return Ok(gateway_timeout(&self.name));
+                        }
+                        if range {
+                            return self.bypass(svc, req, "range").await;
                         }
                         let fwd = if rules.no_cache
                             || rules.max_age.is_some()
@@ -338,7 +371,8 @@ impl Shared {
             Role::Leader(leader) => leader,
             Role::Waiter(rx) => {
                 Counters::bump(&self.counters.coalesced);
-                if let Outcome::Stored(stored, stored_key) = flight::wait(rx).await {
+                let waited = tokio::time::timeout(WAIT_LIMIT, flight::wait(rx)).await;
+                if let Ok(Outcome::Stored(stored, stored_key)) = waited {
                     if stored_key == variant_key(&primary, &stored, req.headers()) {
                         let now = self.now_ms();
                         let status = CacheStatus {
@@ -399,7 +433,12 @@ impl Shared {
         if res.status() == StatusCode::NOT_MODIFIED {
             if let Some(stale) = &stale {
                 Counters::bump(&self.counters.revalidated);
-                let merged = merge_304(stale, res.headers());
+                let merged = merge_304(
+                    stale,
+                    res.headers(),
+                    self.freshness.store_set_cookie,
+                    response_time,
+                );
                 let status = StatusCode::from_u16(stale.status).unwrap_or(StatusCode::OK);
                 let response = Response::from_parts(
                     {
@@ -471,9 +510,11 @@ impl Shared {
             Ok(plan) => plan,
             Err(reason) => {
                 drop(leader);
-                if parts.status.is_success() {
-                    // A fresh negative answer replaces what we had: the stored
-                    // response must not outlive an origin that says "no-store".
+                if parts.status.is_success() && refusal_is_the_origins(reason, client.headers()) {
+                    // The origin now says this URL must not be stored: the
+                    // copy we hold must not outlive that. A refusal caused by
+                    // the request (its no-store, credentials) purges nothing,
+                    // or any client could empty the cache at will.
                     let _ = self.purge_primary(&primary, PurgeMode::Hard).await;
                 }
                 let status = CacheStatus {
@@ -571,10 +612,11 @@ impl Shared {
         }
         let variant = key::variant(primary, vary, req_headers);
         let names = vary.iter().map(|n| n.as_str().to_owned()).collect();
+        // The Vary list outlives any one variant: it must reach all of them.
         let marker_opts = self
             .cache
             .options()
-            .ttl(keep)
+            .ttl(self.max_keep)
             .grace(Duration::ZERO)
             .tag(key::url_tag(primary));
         self.cache.set_with(&variant, entry, &opts).await.is_ok()
@@ -627,7 +669,7 @@ impl Shared {
             .uri(req.uri().clone())
             .version(req.version());
         if let Some(h) = builder.headers_mut() {
-            *h = req.headers().clone();
+            *h = background_headers(req.headers(), &stale);
         }
         let Ok(background) = builder.body(ReqB::default()) else {
             return;
@@ -635,13 +677,18 @@ impl Shared {
         let shared = Arc::clone(self);
         let primary = primary.to_owned();
         tokio::spawn(async move {
-            if let Ok(res) = shared
-                .fetch(svc, background, primary, Some(stale), "stale", None)
-                .await
-            {
-                // Drain the body so a streamed response completes.
-                let _ = http_body_util::BodyExt::collect(res.into_body()).await;
-            }
+            let refresh = async {
+                if let Ok(res) = shared
+                    .fetch(svc, background, primary, Some(stale), "stale", None)
+                    .await
+                {
+                    // Drain the body so a streamed response completes.
+                    let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+                }
+            };
+            // Nobody waits on a background refresh: bound it so a hung origin
+            // cannot hold the key's flight (and its waiters) forever.
+            let _ = tokio::time::timeout(WAIT_LIMIT, refresh).await;
         });
     }
 
@@ -825,6 +872,42 @@ impl Shared {
     }
 }
 
+/// The headers of a background revalidation: the triggering client's, minus
+/// its credentials (unless the stored response varies on them), its own
+/// conditionals and ranges, and anything describing a request body.
+fn background_headers(client: &HeaderMap, stale: &Stored) -> HeaderMap {
+    let mut headers = client.clone();
+    let request_only = [
+        header::RANGE,
+        header::IF_RANGE,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::EXPECT,
+    ];
+    for name in request_only.iter().chain(CLIENT_CONDITIONALS.iter()) {
+        headers.remove(name);
+    }
+    for name in [header::AUTHORIZATION, header::COOKIE] {
+        if !stale.vary.iter().any(|v| v == name.as_str()) {
+            headers.remove(name);
+        }
+    }
+    headers
+}
+
+/// Whether a refusal to store comes from the response alone, for a request
+/// that carried no credentials and did not itself ask not to store.
+fn refusal_is_the_origins(reason: policy::NotStored, req: &HeaderMap) -> bool {
+    use policy::NotStored;
+    let credentials = req.contains_key(header::AUTHORIZATION) || req.contains_key(header::COOKIE);
+    let request_no_store = policy::RequestRules::from_headers(req).no_store;
+    matches!(
+        reason,
+        NotStored::NoStore | NotStored::Private | NotStored::VaryStar
+    ) && !credentials
+        && !request_no_store
+}
+
 /// The key a response is stored under for a request with `headers`: the
 /// primary key, or the variant of it for the response's `Vary` fields.
 fn variant_key(primary: &str, stored: &Stored, headers: &HeaderMap) -> String {
@@ -912,11 +995,18 @@ fn add_validators(headers: &mut HeaderMap, stale: &Stored) {
 }
 
 /// The stored headers updated with a 304's (RFC 9111 §4.3.4).
-fn merge_304(stale: &Stored, fresh: &HeaderMap) -> HeaderMap {
+fn merge_304(
+    stale: &Stored,
+    fresh: &HeaderMap,
+    store_set_cookie: bool,
+    now: Duration,
+) -> HeaderMap {
     let mut merged = stale.header_map();
     let mut replaced: Vec<&HeaderName> = Vec::new();
     for (name, value) in fresh {
-        if kept_on_update(name) {
+        // A 304's cookie is for the client that triggered it, never for the
+        // stored copy (unless cookies are stored at all).
+        if kept_on_update(name) || (name == header::SET_COOKIE && !store_set_cookie) {
             continue;
         }
         if !replaced.contains(&name) {
@@ -925,9 +1015,15 @@ fn merge_304(stale: &Stored, fresh: &HeaderMap) -> HeaderMap {
         }
         merged.append(name.clone(), value.clone());
     }
-    // The stored Age is superseded by the new response's timing.
+    // The stored Age and Date are superseded by the new response's timing.
     if !fresh.contains_key(header::AGE) {
         merged.remove(header::AGE);
+    }
+    if !fresh.contains_key(header::DATE) {
+        let date = httpdate::fmt_http_date(std::time::UNIX_EPOCH + now);
+        if let Ok(v) = HeaderValue::from_str(&date) {
+            merged.insert(header::DATE, v);
+        }
     }
     merged
 }

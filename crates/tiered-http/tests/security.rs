@@ -300,3 +300,114 @@ async fn hostile_header_values_get_answers_not_panics() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_clients_no_store_or_credentials_cannot_purge_the_shared_copy() {
+    let origin = Origin::new(|seen, n| {
+        let cc = if seen.headers.contains_key("authorization") {
+            "private"
+        } else {
+            "max-age=600"
+        };
+        Ok(response(200, &[("cache-control", cc)], &format!("v{n}")))
+    });
+    let h = harness(origin, |b| b);
+    h.get("/p").await;
+    h.send("GET", "/p", &[("cache-control", "no-cache, no-store")])
+        .await;
+    h.send(
+        "GET",
+        "/p",
+        &[("cache-control", "no-cache"), ("authorization", "Bearer x")],
+    )
+    .await;
+    let got = h.get("/p").await;
+    assert_eq!((got.x_cache().as_str(), &got.body[..]), ("HIT", &b"v1"[..]));
+}
+
+#[tokio::test]
+async fn ignored_query_parameters_never_reach_the_origin() {
+    // An origin reflecting a tracking parameter into the page (XSS via an unkeyed parameter).
+    let origin = Origin::new(|seen, _| {
+        Ok(response(
+            200,
+            &[("cache-control", "max-age=600")],
+            &seen.uri,
+        ))
+    });
+    let h = harness(origin, |b| {
+        b.rule(Rule::path_prefix("/").ignore_query_params(["utm_source"]))
+    });
+    h.get("/page?id=1&utm_source=%3Cscript%3E").await;
+    assert_eq!(h.origin.last().uri, "/page?id=1");
+    let victim = h.get("/page?id=1").await;
+    assert_eq!(
+        (victim.x_cache().as_str(), &victim.body[..]),
+        ("HIT", &b"/page?id=1"[..])
+    );
+}
+
+#[tokio::test]
+async fn ambiguous_requests_bypass_the_cache() {
+    let origin = Origin::new(|seen, n| {
+        Ok(response(
+            200,
+            &[("cache-control", "max-age=600"), ("etag", "\"e\"")],
+            &format!("{} {n}", seen.uri),
+        ))
+    });
+    let h = harness(origin, |b| {
+        b.rule(Rule::path_prefix("/static/").ttl(Duration::from_secs(86400)))
+    });
+    for path in [
+        "/static/../account",
+        "/static/%2e%2e/account",
+        "//static/x",
+        "/static/a%2Fb",
+    ] {
+        h.get(path).await;
+        assert_eq!(h.get(path).await.x_cache(), "BYPASS", "{path}");
+    }
+    // An absolute URI whose authority disagrees with Host; a GET with a body.
+    assert_eq!(
+        h.send("GET", "http://victim.test/x", &[]).await.x_cache(),
+        "BYPASS"
+    );
+    assert_eq!(
+        h.send("GET", "/x", &[("content-length", "5")])
+            .await
+            .x_cache(),
+        "BYPASS"
+    );
+}
+
+#[tokio::test]
+async fn a_304s_set_cookie_is_not_stored() {
+    let origin = Origin::new(|seen, n| {
+        if seen.headers.contains_key("if-none-match") {
+            return Ok(response(
+                304,
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("set-cookie", &*format!("session=user{n}")),
+                ],
+                "",
+            ));
+        }
+        Ok(response(
+            200,
+            &[("cache-control", "max-age=1"), ("etag", "\"e\"")],
+            "page",
+        ))
+    });
+    let h = harness(origin, |b| b);
+    h.get("/s").await;
+    h.advance(5);
+    h.get("/s").await;
+    let next = h.get("/s").await;
+    assert_eq!(next.x_cache(), "HIT");
+    assert!(
+        next.header("set-cookie").is_none(),
+        "one user's cookie is not replayed to the next"
+    );
+}
