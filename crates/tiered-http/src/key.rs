@@ -237,6 +237,11 @@ fn vary_value(headers: &HeaderMap, name: &HeaderName) -> String {
     if values.is_empty() {
         return "\u{0}absent".to_owned();
     }
+    // Values that are not text are keyed byte for byte (hex), so two
+    // different ones can never share a variant.
+    if values.iter().any(|v| std::str::from_utf8(v).is_err()) {
+        return values.iter().map(|v| format!("{}|", hex(v))).collect();
+    }
     let joined: String = values
         .iter()
         .map(|v| String::from_utf8_lossy(v).into_owned())
