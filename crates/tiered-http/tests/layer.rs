@@ -426,3 +426,45 @@ async fn ranges_are_served_from_a_fresh_stored_response() {
     );
     assert_eq!(h.origin.count(), 1);
 }
+
+#[tokio::test]
+async fn heuristic_freshness_is_off_by_default_and_configurable() {
+    let origin = || {
+        Origin::new(|seen, _| {
+            if seen.headers.contains_key("if-modified-since") {
+                return Ok(response(304, &[], ""));
+            }
+            // Last modified 10 days before the (manual) clock's start, 2024-01-01.
+            Ok(response(
+                200,
+                &[
+                    ("last-modified", "Fri, 22 Dec 2023 00:00:00 GMT"),
+                    ("date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ],
+                "doc",
+            ))
+        })
+    };
+    let off = harness(origin(), |b| b);
+    off.get("/h").await;
+    off.get("/h").await;
+    assert_eq!(
+        off.origin.count(),
+        2,
+        "no heuristic: kept for revalidation only"
+    );
+    assert!(off.origin.last().headers.contains_key("if-modified-since"));
+    let on = harness(origin(), |b| {
+        b.heuristic_freshness(0.1, std::time::Duration::from_secs(86400 * 7))
+    });
+    on.get("/h").await;
+    on.advance(86400 - 60);
+    assert_eq!(
+        on.get("/h").await.x_cache(),
+        "HIT",
+        "fresh for 10% of 10 days"
+    );
+    on.advance(120);
+    on.get("/h").await;
+    assert_eq!(on.origin.count(), 2);
+}
