@@ -15,7 +15,7 @@
 //!
 //! | Concern | Module |
 //! |---|---|
-//! | may it be stored, for how long, may it be reused | [`policy`](crate::policy) (private) |
+//! | may it be stored, for how long, may it be reused | `policy` |
 //! | the read path: hit, stale-while-revalidate, revalidation, miss | `service` |
 //! | the cache key, `Vary` variants, poisoning defences | `key` |
 //! | coalescing misses | `flight` |
