@@ -468,3 +468,29 @@ async fn heuristic_freshness_is_off_by_default_and_configurable() {
     on.get("/h").await;
     assert_eq!(on.origin.count(), 2);
 }
+
+#[tokio::test]
+async fn an_origin_timeout_counts_as_an_error_for_stale_if_error() {
+    let mut origin = Origin::new(|_, _| {
+        Ok(response(
+            200,
+            &[("cache-control", "max-age=1, stale-if-error=60")],
+            "v",
+        ))
+    });
+    // The first request is answered at once, later ones too late.
+    origin.delay = std::time::Duration::from_millis(500);
+    origin.slow_from = 2;
+    let h = harness(origin, |b| {
+        b.origin_timeout(std::time::Duration::from_millis(50))
+    });
+    h.get("/t").await;
+    h.advance(5);
+    let stale = h.get("/t").await;
+    assert_eq!((stale.status, stale.x_cache().as_str()), (200, "STALE"));
+    assert!(stale
+        .header("cache-status")
+        .unwrap()
+        .contains("detail=stale-if-error"));
+    assert_eq!(h.layer.stats().origin_errors, 1);
+}

@@ -28,6 +28,8 @@ pub struct Origin {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     respond: Arc<Responder>,
     pub delay: Duration,
+    /// Delay only requests from this one on (1-based; 0: all).
+    pub slow_from: usize,
 }
 
 impl Origin {
@@ -42,6 +44,7 @@ impl Origin {
             seen: Arc::default(),
             respond: Arc::new(respond),
             delay: Duration::ZERO,
+            slow_from: 0,
         }
     }
 
@@ -93,7 +96,11 @@ impl Service<Request<Body>> for Origin {
             all.len()
         };
         let result = (self.respond)(&seen, n);
-        let delay = self.delay;
+        let delay = if n >= self.slow_from {
+            self.delay
+        } else {
+            Duration::ZERO
+        };
         Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
