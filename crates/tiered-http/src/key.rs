@@ -302,6 +302,22 @@ pub(crate) fn variant(primary: &str, names: &[HeaderName], headers: &HeaderMap) 
     format!("{primary}|v:{}", hex(&digest[..16]))
 }
 
+/// The primary key a response key belongs to (itself, or the key a `Vary`
+/// variant was derived from), or `None` if `key` is not a response key.
+pub(crate) fn primary_of(key: &str) -> Option<&str> {
+    if !key.starts_with(RESPONSE) {
+        return None;
+    }
+    match key.rsplit_once("|v:") {
+        Some((primary, digest))
+            if digest.len() == 32 && digest.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Some(primary)
+        }
+        _ => Some(key),
+    }
+}
+
 /// A short, collision-safe tag naming one URL's entries (variants included),
 /// so a purge by URL reaches them all through the engine.
 pub(crate) fn url_tag(primary: &str) -> String {
@@ -329,6 +345,20 @@ pub(crate) fn glob_escape(s: &str) -> String {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn primary_of_strips_a_variant_suffix_only() {
+        let primary = "r||http://a.test/x?q=1";
+        let variant = format!("{primary}|v:{}", "ab".repeat(16));
+        assert_eq!(primary_of(&variant), Some(primary));
+        assert_eq!(primary_of(primary), Some(primary));
+        // Looks like a variant but the digest is not one: the key itself.
+        assert_eq!(
+            primary_of("r||http://a.test/|v:zz"),
+            Some("r||http://a.test/|v:zz")
+        );
+        assert_eq!(primary_of("m|t|x"), None);
+    }
 
     fn key(uri: &str, host: Option<&str>) -> Option<String> {
         let mut h = HeaderMap::new();

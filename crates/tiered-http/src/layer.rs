@@ -55,6 +55,10 @@ pub enum PurgeError {
     /// The URL or prefix is not an absolute `http(s)://host/...` URL.
     #[error("not an absolute http(s) URL: {0}")]
     BadUrl(String),
+    /// Not a response key (keys start with `r|`, as [`CacheLayer::top_keys`]
+    /// and the engine list them).
+    #[error("not a response cache key: {0}")]
+    BadKey(String),
     /// A soft purge by prefix must end at a path segment (`/`).
     #[error("a soft purge by prefix must end with '/': {0}")]
     SoftPrefix(String),
@@ -326,6 +330,26 @@ impl CacheLayer {
         let primary =
             key::for_url(url, tenant).ok_or_else(|| PurgeError::BadUrl(url.to_owned()))?;
         self.shared.purge_primary(&primary, mode).await
+    }
+
+    /// Purges one cache key, as the engine stores it (`r|tenant|url`, the form
+    /// [`top_keys`](Self::top_keys) lists), with every `Vary` variant of its URL.
+    ///
+    /// # Errors
+    ///
+    /// [`PurgeError::BadKey`] for anything but a response key.
+    pub async fn purge_key(&self, key: &str, mode: PurgeMode) -> Result<(), PurgeError> {
+        let primary = key::primary_of(key).ok_or_else(|| PurgeError::BadKey(key.to_owned()))?;
+        self.shared.purge_primary(primary, mode).await
+    }
+
+    /// The `n` most requested response keys (estimated, see
+    /// [`tiered::Cache::top_keys`]), without the layer's internal keys.
+    pub fn top_keys(&self, n: usize) -> Vec<tiered::HotKey> {
+        let mut keys = self.shared.cache.top_keys(n + 8);
+        keys.retain(|k| k.key.starts_with(key::RESPONSE));
+        keys.truncate(n);
+        keys
     }
 
     /// Purges every response tagged `tag` (by the origin's `Surrogate-Key` or

@@ -611,6 +611,14 @@ impl<V: Value> Cache<V> {
         inner.announce(Change::Cleared, now);
     }
 
+    /// Empties this process's L1 only: L2 and other instances keep their
+    /// entries, and later reads refill L1 from L2. Loads already running will
+    /// not install their results. For freeing memory, or forcing reads through
+    /// L2 (an operator's "flush L1").
+    pub fn clear_l1(&self) {
+        self.inner.reset_l1();
+    }
+
     /// A snapshot of the counters (see [`Stats`]).
     pub fn stats(&self) -> Stats {
         let l1 = &self.inner.l1;

@@ -1,0 +1,370 @@
+//! The admin listener: purges, flushes, `/stats`, `/metrics` and the
+//! dashboard.
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `GET /` | no | the dashboard (one embedded HTML file; it asks for the token) |
+//! | `GET /healthz`, `GET /readyz` | no | liveness, readiness |
+//! | `GET /stats` | yes | JSON: requests, latency, origin, tiers, top keys |
+//! | `GET /metrics` | yes | Prometheus text format |
+//! | `POST /purge` | yes | one of `url`, `key`, `tag`, `prefix`, with `mode` = `hard` (default) or `soft` |
+//! | `POST /flush` | yes | `tier` = `l1` (this instance's memory) or `all` (every tier, every instance) |
+//!
+//! Parameters come as a JSON body or a query string
+//! (`POST /purge?tag=product-42&mode=soft`). Authentication is
+//! `Authorization: Bearer TOKEN`, compared in constant time; with no token
+//! configured the configuration only allows a loopback listener.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use tiered_http::PurgeMode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::server::Gateway;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Serves the admin API until `shutdown` fires.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = router(gateway);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+/// The admin routes.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/purge", post(purge))
+        .route("/flush", post(flush))
+        .with_state(gateway)
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn fail(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(ErrorBody { error: msg.into() })).into_response()
+}
+
+/// `Ok` if the request carries the configured token (or none is configured).
+#[allow(clippy::result_large_err)]
+fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &gateway.config.admin_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        let mut res = fail(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"tiered admin\""),
+        );
+        Err(res)
+    }
+}
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+            ),
+        ],
+        Html(DASHBOARD),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.is_ready() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct TierL1 {
+    hits: u64,
+    misses: u64,
+    entries: u64,
+    bytes: u64,
+    max_bytes: u64,
+    evictions: u64,
+}
+
+#[derive(Serialize)]
+struct TierL2 {
+    hits: u64,
+    misses: u64,
+    errors: u64,
+    bad_data: u64,
+    writes: u64,
+    pending: u64,
+    breaker: &'static str,
+}
+
+#[derive(Serialize)]
+struct Tiers {
+    l1: TierL1,
+    l2: Option<TierL2>,
+}
+
+#[derive(Serialize)]
+struct CacheCounters {
+    stored: u64,
+    revalidated: u64,
+    coalesced: u64,
+}
+
+#[derive(Serialize)]
+struct TopKey {
+    key: String,
+    count: u64,
+}
+
+#[derive(Serialize)]
+struct StatsBody {
+    version: &'static str,
+    #[serde(flatten)]
+    gateway: crate::stats::Snapshot,
+    cache: CacheCounters,
+    tiers: Tiers,
+    top_keys: Vec<TopKey>,
+}
+
+fn stats_body(gw: &Gateway) -> StatsBody {
+    let engine = gw.layer.cache().stats();
+    let http = gw.layer.stats();
+    StatsBody {
+        version: env!("CARGO_PKG_VERSION"),
+        gateway: gw.stats.snapshot(),
+        cache: CacheCounters {
+            stored: http.stored,
+            revalidated: http.revalidated,
+            coalesced: http.coalesced,
+        },
+        tiers: Tiers {
+            l1: TierL1 {
+                hits: engine.l1.hits,
+                misses: engine.l1.misses,
+                entries: engine.l1.entries,
+                bytes: engine.l1.weighted_bytes,
+                max_bytes: gw.config.l1_bytes,
+                evictions: engine.l1.evictions,
+            },
+            l2: engine.l2.map(|l2| TierL2 {
+                hits: l2.hits,
+                misses: l2.misses,
+                errors: l2.errors,
+                bad_data: l2.bad_data,
+                writes: l2.writes,
+                pending: l2.pending,
+                breaker: match l2.breaker {
+                    tiered::l2::BreakerState::Closed => "closed",
+                    tiered::l2::BreakerState::HalfOpen => "half-open",
+                    tiered::l2::BreakerState::Open => "open",
+                    _ => "unknown",
+                },
+            }),
+        },
+        top_keys: gw
+            .layer
+            .top_keys(20)
+            .into_iter()
+            .map(|k| TopKey {
+                key: k.key,
+                count: k.count,
+            })
+            .collect(),
+    }
+}
+
+async fn stats(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(res) = authorize(&gw, &headers) {
+        return res;
+    }
+    ([(header::CACHE_CONTROL, "no-store")], Json(stats_body(&gw))).into_response()
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(res) = authorize(&gw, &headers) {
+        return res;
+    }
+    // Refreshes the engine's gauges (entries, bytes, breaker) first.
+    let _ = gw.layer.cache().stats();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gw.prometheus.render(),
+    )
+        .into_response()
+}
+
+/// What to purge: exactly one of the four, plus a mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    key: Option<String>,
+    tag: Option<String>,
+    prefix: Option<String>,
+    mode: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PurgeDone {
+    purged: &'static str,
+    value: String,
+    mode: &'static str,
+}
+
+/// Parameters from a JSON body, or else from the query string.
+fn params<T: Default + for<'de> Deserialize<'de>>(uri: &Uri, body: &[u8]) -> Result<T, String> {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::from_slice(body).map_err(|e| format!("bad JSON body: {e}"));
+    }
+    if uri.query().is_none() {
+        return Ok(T::default());
+    }
+    Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| format!("bad query string: {e}"))
+}
+
+async fn purge(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(res) = authorize(&gw, &headers) {
+        return res;
+    }
+    let req: PurgeRequest = match params(&uri, &body) {
+        Ok(r) => r,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
+    };
+    let mode = match req.mode.as_deref() {
+        None | Some("hard") => PurgeMode::Hard,
+        Some("soft") => PurgeMode::Soft,
+        Some(other) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                format!("mode must be hard or soft, not {other:?}"),
+            )
+        }
+    };
+    let mut given: Vec<(&'static str, String)> = [
+        ("url", req.url),
+        ("key", req.key),
+        ("tag", req.tag),
+        ("prefix", req.prefix),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
+    let (kind, value) = match (given.pop(), given.is_empty()) {
+        (Some(one), true) => one,
+        _ => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of url, key, tag, prefix",
+            )
+        }
+    };
+    let layer = &gw.layer;
+    let result = match kind {
+        "url" => layer.purge_url(&value, mode).await,
+        "key" => layer.purge_key(&value, mode).await,
+        "tag" => layer.purge_tag(&value, mode).await,
+        _ => layer.purge_prefix(&value, mode).await,
+    };
+    match result {
+        Ok(()) => {
+            metrics::counter!("tiered_gateway_purges_total", "kind" => kind).increment(1);
+            tracing::info!(kind, value = %value, ?mode, "purged");
+            Json(PurgeDone {
+                purged: kind,
+                value,
+                mode: if mode == PurgeMode::Soft {
+                    "soft"
+                } else {
+                    "hard"
+                },
+            })
+            .into_response()
+        }
+        Err(e) => fail(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlushRequest {
+    tier: Option<String>,
+}
+
+async fn flush(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(res) = authorize(&gw, &headers) {
+        return res;
+    }
+    let req: FlushRequest = match params(&uri, &body) {
+        Ok(r) => r,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
+    };
+    let tier = match req.tier.as_deref() {
+        Some("l1") => {
+            gw.layer.cache().clear_l1();
+            "l1"
+        }
+        Some("all") => {
+            gw.layer.purge_all();
+            "all"
+        }
+        _ => return fail(StatusCode::BAD_REQUEST, "tier must be l1 or all"),
+    };
+    metrics::counter!("tiered_gateway_purges_total", "kind" => "flush").increment(1);
+    tracing::info!(tier, "flushed");
+    Json(serde_json::json!({ "flushed": tier })).into_response()
+}

@@ -1,0 +1,226 @@
+//! The origin side: routing a request to its upstream and calling it through
+//! a pooled hyper client, with connect and read timeouts.
+//!
+//! This is the innermost `tower::Service` of the stack (the cache layer wraps
+//! it), so everything here runs only on a miss, a revalidation or a
+//! pass-through — never on a hit.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{header, Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tiered_http::{Body, BoxError};
+
+use crate::config::{Config, Route};
+use crate::headers::{add_forwarded, add_via, strip_hop_by_hop, ClientAddr};
+use crate::stats::{GatewayStats, OriginError};
+
+/// Why an upstream call failed; the listener maps it to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No route matches the request (404).
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// The origin did not answer (or send the next body chunk) in time (504).
+    #[error("the origin did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The origin could not be reached (502).
+    #[error("cannot connect to the origin: {0}")]
+    Connect(BoxError),
+    /// The origin broke the exchange (502).
+    #[error("origin error: {0}")]
+    Other(BoxError),
+}
+
+/// Calls the origin a request is routed to. Cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client<HttpConnector, Body>,
+    routes: Vec<Route>,
+    read_timeout: Duration,
+    stats: Arc<GatewayStats>,
+}
+
+impl Upstream {
+    /// A client pool for `config`'s routes.
+    pub fn new(config: &Config, stats: Arc<GatewayStats>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Upstream {
+            inner: Arc::new(Inner {
+                client,
+                routes: config.routes.clone(),
+                read_timeout: config.read_timeout,
+                stats,
+            }),
+        }
+    }
+
+    /// The route for a request: host routes first, then the longest prefix
+    /// (the config keeps them in that order).
+    pub fn route_for<B>(&self, req: &Request<B>) -> Option<&Route> {
+        route_for(&self.inner.routes, req)
+    }
+}
+
+/// See [`Upstream::route_for`].
+pub fn route_for<'r, B>(routes: &'r [Route], req: &Request<B>) -> Option<&'r Route> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name));
+    let path = req.uri().path();
+    routes.iter().find(|r| {
+        path.starts_with(&r.prefix)
+            && r.host
+                .as_deref()
+                .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+    })
+}
+
+impl tower::Service<Request<Body>> for Upstream {
+    type Response = Response<IdleTimeout<Incoming>>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let origin = route_for(&inner.routes, &req)
+                .ok_or(UpstreamError::NoRoute)?
+                .origin
+                .clone();
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let uri: Uri = format!(
+                "http://{}{path}",
+                origin.authority().map_or("", |a| a.as_str())
+            )
+            .parse()
+            .map_err(|e| UpstreamError::Other(Box::new(e)))?;
+            let client = req.extensions().get::<ClientAddr>().copied();
+            let host = req.headers().get(header::HOST).cloned();
+            let version = req.version();
+            *req.uri_mut() = uri;
+            *req.version_mut() = http::Version::HTTP_11;
+            let headers = req.headers_mut();
+            strip_hop_by_hop(headers);
+            add_forwarded(headers, client, host);
+            add_via(headers, version);
+
+            let started = Instant::now();
+            let res =
+                match tokio::time::timeout(inner.read_timeout, inner.client.request(req)).await {
+                    Err(_) => {
+                        inner.stats.origin_failed(OriginError::Timeout);
+                        return Err(UpstreamError::Timeout(inner.read_timeout).into());
+                    }
+                    Ok(Err(e)) if e.is_connect() => {
+                        inner.stats.origin_failed(OriginError::Connect);
+                        return Err(UpstreamError::Connect(Box::new(e)).into());
+                    }
+                    Ok(Err(e)) => {
+                        inner.stats.origin_failed(OriginError::Other);
+                        return Err(UpstreamError::Other(Box::new(e)).into());
+                    }
+                    Ok(Ok(res)) => res,
+                };
+            inner.stats.origin_ok(started.elapsed());
+            let (mut parts, body) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            add_via(&mut parts.headers, parts.version);
+            Ok(Response::from_parts(
+                parts,
+                IdleTimeout::new(body, inner.read_timeout),
+            ))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that fails if the origin sends nothing for `idle`
+    /// (the read timeout applied between chunks, so a stalled origin cannot
+    /// hold a client connection forever, while a long healthy download can
+    /// take as long as it needs).
+    pub struct IdleTimeout<B> {
+        #[pin]
+        body: B,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        idle: Duration,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    fn new(body: B, idle: Duration) -> Self {
+        IdleTimeout {
+            body,
+            sleep: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+}
+
+impl<B> HttpBody for IdleTimeout<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.body.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + *this.idle;
+                this.sleep.reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(UpstreamError::Timeout(*this.idle).into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
