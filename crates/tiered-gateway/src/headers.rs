@@ -89,12 +89,6 @@ pub fn add_forwarded(
     }
 }
 
-/// A message with both `Content-Length` and `Transfer-Encoding` is the
-/// classic request-smuggling shape (RFC 9112 §6.1): rejected, not repaired.
-pub fn is_smuggling_shape(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

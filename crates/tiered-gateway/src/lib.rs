@@ -13,7 +13,8 @@
 //! |---|---|
 //! | flags, `TIERED_*` variables, the TOML file | [`config`] |
 //! | the client listener, graceful shutdown, what runs before the cache | [`server`] |
-//! | hop-by-hop fields, `Via`, `X-Forwarded-*`, smuggling shapes | [`headers`] |
+//! | hop-by-hop fields, `Via`, `X-Forwarded-*` | [`headers`] |
+//! | rejecting `Content-Length` + `Transfer-Encoding` (smuggling) | [`framing`] |
 //! | routing to origins, the pooled client, timeouts | [`upstream`] |
 //! | counters, latency histograms, metric names | [`stats`] |
 //! | the admin API and the dashboard | [`admin`] |
@@ -27,6 +28,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod framing;
 pub mod headers;
 pub mod logging;
 pub mod server;

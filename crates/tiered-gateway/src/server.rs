@@ -26,7 +26,8 @@ use tokio::sync::watch;
 use tower::{Layer, ServiceExt};
 
 use crate::config::{Config, RedisTarget};
-use crate::headers::{is_smuggling_shape, strip_hop_by_hop, ClientAddr};
+use crate::framing::Watched;
+use crate::headers::{strip_hop_by_hop, ClientAddr};
 use crate::stats::{GatewayStats, Outcome};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -78,7 +79,13 @@ impl Gateway {
     pub fn build(config: Config) -> Result<Arc<Gateway>, BoxError> {
         let prometheus = install_metrics()?;
         let stats = Arc::new(GatewayStats::default());
-        let mut cache = tiered_http::cache_builder("http").l1_max_bytes(config.l1_bytes);
+        // Top keys: every request is counted (the sketch is skipped when its
+        // lock is busy, so this never blocks the hit path); a sampled sketch
+        // shows nothing for the first requests, which is what an operator
+        // watching a fresh gateway looks at.
+        let mut cache = tiered_http::cache_builder("http")
+            .l1_max_bytes(config.l1_bytes)
+            .top_keys(64, 1);
         cache = match &config.redis {
             None => cache,
             Some(RedisTarget::Standalone(url)) => cache.redis(url.clone()),
@@ -156,9 +163,13 @@ pub fn health(gateway: &Gateway, path: &str) -> Option<Response<Body>> {
 
 /// One client request, start to response headers.
 ///
+///
+/// `smuggled` is the connection's flag from [`crate::framing`]: the request
+/// carried both `Content-Length` and `Transfer-Encoding`.
 pub fn handle(
     gateway: Arc<Gateway>,
     peer: SocketAddr,
+    smuggled: Arc<AtomicBool>,
     req: Request<Incoming>,
 ) -> BoxFuture<'static, Response<Body>> {
     Box::pin(async move {
@@ -170,7 +181,17 @@ pub fn handle(
         }
         let started = Instant::now();
         gateway.stats.begin();
-        let (outcome, res) = forward(Arc::clone(&gateway), peer, req).await;
+        let (outcome, res) = if smuggled.load(Ordering::Acquire) {
+            let mut res = text(
+                StatusCode::BAD_REQUEST,
+                "both Content-Length and Transfer-Encoding\n",
+            );
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            (Outcome::Error, res)
+        } else {
+            forward(Arc::clone(&gateway), peer, req).await
+        };
         gateway
             .stats
             .finish(outcome, res.status().as_u16(), started.elapsed());
@@ -183,15 +204,6 @@ async fn forward(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> (Outcome, Response<Body>) {
-    if is_smuggling_shape(req.headers()) {
-        return (
-            Outcome::Error,
-            text(
-                StatusCode::BAD_REQUEST,
-                "both Content-Length and Transfer-Encoding\n",
-            ),
-        );
-    }
     let limit = gateway.config.max_request_body;
     let declared = req
         .headers()
@@ -316,13 +328,13 @@ pub async fn run_listener(
         };
         let _ = stream.set_nodelay(true);
         let gw = Arc::clone(&gateway);
+        let smuggled = Arc::new(AtomicBool::new(false));
+        let io = TokioIo::new(Watched::new(stream, Arc::clone(&smuggled)));
         let service = hyper::service::service_fn(move |req| {
-            let gw = Arc::clone(&gw);
-            async move { Ok::<_, Infallible>(handle(gw, peer, req).await) }
+            let response = handle(Arc::clone(&gw), peer, Arc::clone(&smuggled), req);
+            async move { Ok::<_, Infallible>(response.await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection(io, service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -1,0 +1,321 @@
+//! Strict HTTP/1 framing: requests that carry both `Content-Length` and
+//! `Transfer-Encoding` are rejected.
+//!
+//! That shape is how request smuggling works: two parsers in a chain
+//! disagree on where the body ends. RFC 9112 §6.1 lets a server either
+//! reject it or use the chunked framing and close the connection; hyper does
+//! the latter, and removes `Content-Length` before the request reaches us, so
+//! the shape cannot be seen from the parsed request. A proxy should refuse it
+//! outright (the next hop may be less careful), so this module watches the
+//! raw bytes hyper reads: a small state machine follows the HTTP/1 message
+//! boundaries of the connection (header block, then a `Content-Length` or
+//! chunked body), checks each header block, and raises a per-connection flag
+//! that the request handler turns into a 400 (after which hyper closes the
+//! connection, as it does for this shape anyway).
+//!
+//! It costs one pass over the bytes of each request (bodies are skipped by
+//! length, not scanned). HTTP/2 connections are recognised by their preface
+//! and left alone: HTTP/2 has no `Transfer-Encoding`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Header blocks longer than this are not checked (hyper refuses them).
+const MAX_HEAD: usize = 64 << 10;
+
+#[derive(Debug)]
+enum State {
+    /// Nothing read yet (HTTP/1 or HTTP/2?).
+    Start(Vec<u8>),
+    /// Inside a header block.
+    Head(Vec<u8>),
+    /// Inside a body of known length.
+    Body(u64),
+    /// A chunk-size line.
+    ChunkSize(Vec<u8>),
+    /// Chunk data, then its CRLF.
+    ChunkData(u64),
+    /// Trailer lines after the last chunk, until an empty line.
+    Trailers(Vec<u8>),
+    /// Not followed (HTTP/2, malformed, or already flagged).
+    Off,
+}
+
+/// Follows the message boundaries of one HTTP/1 connection.
+#[derive(Debug)]
+pub struct Framing {
+    state: State,
+    flagged: Arc<AtomicBool>,
+}
+
+impl Framing {
+    /// A watcher raising `flagged` on a CL+TE request.
+    pub fn new(flagged: Arc<AtomicBool>) -> Self {
+        Framing {
+            state: State::Start(Vec::new()),
+            flagged,
+        }
+    }
+
+    /// Feeds bytes the client sent, in order.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let state = std::mem::replace(&mut self.state, State::Off);
+            let (next, used) = self.step(state, data);
+            self.state = next;
+            data = &data[used..];
+        }
+    }
+
+    fn step(&mut self, state: State, data: &[u8]) -> (State, usize) {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+        match state {
+            State::Off => (State::Off, data.len()),
+            State::Start(mut seen) => {
+                let take = (PREFACE.len() - seen.len()).min(data.len());
+                seen.extend_from_slice(&data[..take]);
+                if !PREFACE.starts_with(&seen) {
+                    // HTTP/1: what we saw is the start of a header block.
+                    return (State::Head(seen), take);
+                }
+                if seen.len() == PREFACE.len() {
+                    (State::Off, data.len())
+                } else {
+                    (State::Start(seen), take)
+                }
+            }
+            State::Head(mut head) => {
+                let before = head.len();
+                // Look for the blank line, including one split across reads.
+                let search_from = before.saturating_sub(3);
+                head.extend_from_slice(data);
+                let Some(end) =
+                    find(&head[search_from..], b"\r\n\r\n").map(|i| search_from + i + 4)
+                else {
+                    if head.len() > MAX_HEAD {
+                        return (State::Off, data.len());
+                    }
+                    return (State::Head(head), data.len());
+                };
+                let used = end - before;
+                (self.after_head(&head[..end]), used)
+            }
+            State::Body(left) => {
+                let n = left.min(data.len() as u64);
+                let rest = left - n;
+                let next = if rest == 0 {
+                    State::Head(Vec::new())
+                } else {
+                    State::Body(rest)
+                };
+                (next, n as usize)
+            }
+            State::ChunkSize(mut line) => match find(data, b"\n") {
+                None => {
+                    line.extend_from_slice(data);
+                    if line.len() > 1024 {
+                        return (State::Off, data.len());
+                    }
+                    (State::ChunkSize(line), data.len())
+                }
+                Some(i) => {
+                    line.extend_from_slice(&data[..i]);
+                    let text = String::from_utf8_lossy(&line);
+                    let size = text.split(';').next().unwrap_or("").trim();
+                    match u64::from_str_radix(size, 16) {
+                        Ok(0) => (State::Trailers(Vec::new()), i + 1),
+                        // Data, then CRLF.
+                        Ok(n) => (State::ChunkData(n.saturating_add(2)), i + 1),
+                        Err(_) => (State::Off, data.len()),
+                    }
+                }
+            },
+            State::ChunkData(left) => {
+                let n = left.min(data.len() as u64);
+                let rest = left - n;
+                let next = if rest == 0 {
+                    State::ChunkSize(Vec::new())
+                } else {
+                    State::ChunkData(rest)
+                };
+                (next, n as usize)
+            }
+            State::Trailers(mut line) => match find(data, b"\n") {
+                None => {
+                    line.extend_from_slice(data);
+                    if line.len() > MAX_HEAD {
+                        return (State::Off, data.len());
+                    }
+                    (State::Trailers(line), data.len())
+                }
+                Some(i) => {
+                    line.extend_from_slice(&data[..i]);
+                    if line == b"\r" || line.is_empty() {
+                        (State::Head(Vec::new()), i + 1)
+                    } else {
+                        (State::Trailers(Vec::new()), i + 1)
+                    }
+                }
+            },
+        }
+    }
+
+    /// What follows a complete header block.
+    fn after_head(&mut self, head: &[u8]) -> State {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+            return State::Off; // hyper answers 400 itself
+        }
+        let mut length = None;
+        let (mut cl, mut te, mut chunked) = (false, false, false);
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                cl = true;
+                length = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+                chunked = String::from_utf8_lossy(h.value)
+                    .to_ascii_lowercase()
+                    .trim_end()
+                    .ends_with("chunked");
+            }
+        }
+        if cl && te {
+            self.flagged.store(true, Ordering::Release);
+            return State::Off;
+        }
+        match (chunked, length) {
+            (true, _) => State::ChunkSize(Vec::new()),
+            (false, Some(n)) if n > 0 => State::Body(n),
+            _ => State::Head(Vec::new()),
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection whose incoming bytes pass through [`Framing`].
+    pub struct Watched<T> {
+        #[pin]
+        io: T,
+        framing: Framing,
+    }
+}
+
+impl<T> Watched<T> {
+    /// Watches `io`, raising `flagged` on a CL+TE request.
+    pub fn new(io: T, flagged: Arc<AtomicBool>) -> Self {
+        Watched {
+            io,
+            framing: Framing::new(flagged),
+        }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.io.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            this.framing.feed(&buf.filled()[before..]);
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `step` bytes; returns the flag.
+    fn flagged(input: &[u8], step: usize) -> bool {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut f = Framing::new(Arc::clone(&flag));
+        for piece in input.chunks(step) {
+            f.feed(piece);
+        }
+        flag.load(Ordering::Acquire)
+    }
+
+    #[test]
+    fn flags_cl_plus_te_at_any_split() {
+        let bad = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for step in [1, 2, 3, 7, 1000] {
+            assert!(flagged(bad, step), "step {step}");
+        }
+    }
+
+    #[test]
+    fn follows_bodies_to_the_next_request() {
+        // A CL body that looks like a header block must not be judged; the
+        // CL+TE request after a chunked one must be.
+        let mut ok = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 43\r\n\r\n".to_vec();
+        ok.extend_from_slice(b"Content-Length: 1\r\nTransfer-Encoding: x\r\n\r\n");
+        ok.extend_from_slice(b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        ok.extend_from_slice(b"5;ext=1\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n");
+        ok.extend_from_slice(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
+        for step in [1, 5, 4096] {
+            assert!(!flagged(&ok, step), "step {step}");
+        }
+        let mut bad = ok.clone();
+        bad.extend_from_slice(
+            b"POST /d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        );
+        for step in [1, 5, 4096] {
+            assert!(flagged(&bad, step), "step {step}");
+        }
+    }
+
+    #[test]
+    fn http2_is_left_alone() {
+        let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        h2.extend_from_slice(b"Content-Length: 1\r\nTransfer-Encoding: x\r\n\r\n");
+        assert!(!flagged(&h2, 3));
+    }
+}

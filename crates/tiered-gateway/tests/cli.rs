@@ -1,0 +1,221 @@
+//! Bad flags, variables and config files are refused with a message naming
+//! the culprit, and the process exits non-zero before binding a port.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{bin, free_port};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    for var in [
+        "TIERED_CONFIG",
+        "TIERED_LISTEN",
+        "TIERED_ORIGIN",
+        "TIERED_REDIS",
+        "TIERED_ADMIN_TOKEN",
+        "TIERED_L1_BYTES",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A config file in a fresh directory.
+fn config(text: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("tiered-cli-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiered.toml");
+    std::fs::write(&path, text).unwrap();
+    let shown = path.to_str().unwrap().to_owned();
+    (dir, shown)
+}
+
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+#[test]
+fn bad_flags_are_rejected_with_their_name() {
+    for (args, needle) in [
+        (
+            vec![
+                "serve",
+                "--listen",
+                "nope",
+                "--origin",
+                "http://127.0.0.1:1",
+            ],
+            "--listen",
+        ),
+        (vec!["serve", "--origin", "ftp://x"], "--origin"),
+        (
+            vec!["serve", "--origin", "http://127.0.0.1:1/api"],
+            "must not have a path",
+        ),
+        (
+            vec![
+                "serve",
+                "--origin",
+                "http://127.0.0.1:1",
+                "--l1-bytes",
+                "lots",
+            ],
+            "--l1-bytes",
+        ),
+        (
+            vec![
+                "serve",
+                "--origin",
+                "http://127.0.0.1:1",
+                "--redis",
+                "http://x",
+            ],
+            "--redis",
+        ),
+        (
+            vec!["serve", "--origin", "http://127.0.0.1:1", "--frobnicate"],
+            "--frobnicate",
+        ),
+        (vec!["serve"], "no origin"),
+    ] {
+        let out = run(&args, &[]);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn bad_environment_variables_are_rejected() {
+    let out = run(
+        &["serve", "--origin", "http://127.0.0.1:1"],
+        &[("TIERED_L1_BYTES", "12 parsecs")],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--l1-bytes"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_config_files_name_file_line_and_field() {
+    let listen = free_port();
+    let cases = [
+        (
+            "listen = \"127.0.0.1:1\"\n[proxy]\nread_timeout = \"30 parsecs\"\n",
+            "line 3",
+            "read_timeout",
+        ),
+        ("lisen = \"127.0.0.1:1\"\n", "line 1", "lisen"),
+        (
+            "[[route]]\nprefix = \"/\"\norigin = \"ftp://x\"\n",
+            "line 3",
+            "origin",
+        ),
+        (
+            "[[route]]\nprefix = \"api\"\norigin = \"http://127.0.0.1:1\"\n",
+            "line 2",
+            "prefix",
+        ),
+        ("l1_bytes = \"many\"\n", "line 1", "l1_bytes"),
+        (
+            "[cache]\nheuristic_fraction = 3.0\n",
+            "line 2",
+            "heuristic_fraction",
+        ),
+        ("listen = [\n", "line", "listen"),
+    ];
+    for (text, line, field) in cases {
+        let (dir, path) = config(text);
+        let out = run(
+            &[
+                "serve",
+                "--config",
+                &path,
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+            ],
+            &[],
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(&path), "{text}: no path in {err}");
+        assert!(err.contains(line), "{text}: no {line} in {err}");
+        assert!(err.contains(field), "{text}: no {field} in {err}");
+        assert!(port_is_free(listen), "bound a port despite a bad config");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let out = run(&["serve", "--config", "/nonexistent/tiered.toml"], &[]);
+    assert!(stderr(&out).contains("/nonexistent/tiered.toml"));
+}
+
+#[test]
+fn a_public_admin_listener_without_a_token_is_refused() {
+    let admin = free_port();
+    let out = run(
+        &[
+            "serve",
+            "--origin",
+            "http://127.0.0.1:1",
+            "--admin-listen",
+            &format!("0.0.0.0:{admin}"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--admin-token"), "{}", stderr(&out));
+    assert!(port_is_free(admin));
+}
+
+#[test]
+fn precedence_is_flag_then_environment_then_file() {
+    let (dir, path) = config(
+        "listen = \"127.0.0.1:1001\"\nl1_bytes = \"32MiB\"\nadmin_listen = \"127.0.0.1:1003\"\n[[route]]\nprefix = \"/\"\norigin = \"http://127.0.0.1:1\"\n",
+    );
+    let out = run(
+        &["check", "--config", &path, "--listen", "127.0.0.1:2001"],
+        &[
+            ("TIERED_LISTEN", "127.0.0.1:3001"),
+            ("TIERED_L1_BYTES", "48MiB"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("127.0.0.1:2001"), "flag beats env: {shown}");
+    assert!(
+        shown.contains(&(48u64 << 20).to_string()),
+        "env beats file: {shown}"
+    );
+    assert!(
+        shown.contains("127.0.0.1:1003"),
+        "file beats default: {shown}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = run(&["serve", "--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--origin",
+        "--redis",
+        "--admin-listen",
+        "--admin-token",
+        "--admin-token-file",
+        "--l1-bytes",
+        "--config",
+        "TIERED_LISTEN",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+}

@@ -1,0 +1,503 @@
+//! The real `tiered` binary in front of a test origin: caching, purges,
+//! conditionals, streaming, proxy headers, limits, shutdown, Redis.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::Method;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An origin with a cacheable, tagged, ETagged resource whose body counts
+/// the origin's fetches, answering `If-None-Match` with 304.
+async fn counting_origin() -> (Origin, Arc<AtomicUsize>) {
+    let n = counter();
+    let fetches = Arc::clone(&n);
+    let origin = Origin::start(move |seen| {
+        let etag = "\"v1\"";
+        if seen.headers.get("if-none-match").is_some_and(|v| v == etag) {
+            return respond(304, &[("etag", etag), ("cache-control", "max-age=60")], "");
+        }
+        match seen.uri.as_str() {
+            "/uncached" => respond(200, &[("cache-control", "no-store")], "live"),
+            _ => {
+                let k = bump(&fetches);
+                respond(
+                    200,
+                    &[
+                        ("cache-control", "public, max-age=60"),
+                        ("etag", etag),
+                        ("surrogate-key", "products product-1"),
+                    ],
+                    format!("body {k}"),
+                )
+            }
+        }
+    })
+    .await;
+    (origin, n)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hits_misses_purges_and_conditionals() {
+    let (origin, fetches) = counting_origin().await;
+    let gw = Gateway::start(&origin.url(), &[]).await;
+
+    let first = gw.get("/products/1", &[]).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(x_cache(&first), "MISS");
+    assert_eq!(first.body().as_ref(), b"body 1");
+    let second = gw.get("/products/1", &[]).await;
+    assert_eq!(x_cache(&second), "HIT");
+    assert_eq!(second.body().as_ref(), b"body 1");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    assert!(second
+        .headers()
+        .get_all("via")
+        .iter()
+        .any(|v| v.to_str().unwrap_or("").contains("tiered")));
+
+    // A conditional request is answered from the cache.
+    let cond = gw.get("/products/1", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(cond.status(), 304);
+    assert_eq!(origin.count(), 1);
+
+    // Uncacheable responses pass through every time.
+    for _ in 0..2 {
+        let res = gw.get("/uncached", &[]).await;
+        assert_eq!(res.body().as_ref(), b"live");
+    }
+    assert_eq!(origin.count_path("/uncached"), 2);
+
+    // Hard purge by tag: the next request goes to the origin.
+    let purged = gw.admin_post("/purge", r#"{"tag":"product-1"}"#).await;
+    assert_eq!(purged.status(), 200, "{:?}", purged.body());
+    let after = gw.get("/products/1", &[]).await;
+    assert_eq!(x_cache(&after), "MISS");
+    assert_eq!(after.body().as_ref(), b"body 2");
+
+    // Soft purge by URL: kept, but revalidated (conditionally) before reuse.
+    let url = gw.url("/products/1");
+    let purged = gw
+        .admin_post("/purge", &format!(r#"{{"url":"{url}","mode":"soft"}}"#))
+        .await;
+    assert_eq!(purged.status(), 200, "{:?}", purged.body());
+    let before = origin.count();
+    let revalidated = gw.get("/products/1", &[]).await;
+    assert_eq!(revalidated.status(), 200);
+    assert_eq!(
+        revalidated.body().as_ref(),
+        b"body 2",
+        "304 merged with the kept body"
+    );
+    assert_eq!(origin.count(), before + 1);
+    assert!(origin.last().headers.contains_key("if-none-match"));
+
+    // Hard purge by key, as /stats lists it.
+    let stats = gw.stats().await;
+    let key = stats["top_keys"][0]["key"].as_str().unwrap().to_owned();
+    assert!(key.contains("/products/1"), "{stats}");
+    let purged = gw
+        .admin_post("/purge", &serde_json::json!({ "key": key }).to_string())
+        .await;
+    assert_eq!(purged.status(), 200);
+    assert_eq!(x_cache(&gw.get("/products/1", &[]).await), "MISS");
+
+    // Flush L1: the next request misses (no L2 here).
+    assert_eq!(
+        gw.admin_post("/flush", r#"{"tier":"l1"}"#).await.status(),
+        200
+    );
+    assert_eq!(x_cache(&gw.get("/products/1", &[]).await), "MISS");
+
+    // Bad admin input is refused and changes nothing.
+    for bad in [
+        r#"{"tag":"a","url":"http://x/"}"#,
+        r#"{"url":"not a url"}"#,
+        r#"{"tag":"a","mode":"medium"}"#,
+        r#"{"colour":"red"}"#,
+        "{",
+    ] {
+        let res = gw.admin_post("/purge", bad).await;
+        assert_eq!(res.status(), 400, "{bad}");
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert!(body["error"].is_string());
+    }
+    assert_eq!(x_cache(&gw.get("/products/1", &[]).await), "HIT");
+
+    // The numbers add up.
+    let stats = gw.stats().await;
+    let r = &stats["requests"];
+    let total = r["total"].as_u64().unwrap();
+    let parts: u64 = ["hit", "stale", "miss", "bypass", "error"]
+        .iter()
+        .map(|k| r[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, parts, "{stats}");
+    assert!(r["hit"].as_u64().unwrap() >= 3, "{stats}");
+    // A GET the origin answers with no-store is a miss (the request was
+    // cacheable; the response was not), not a bypass.
+    assert!(r["miss"].as_u64().unwrap() >= 6, "{stats}");
+    assert!(
+        stats["tiers"]["l1"]["entries"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    assert!(stats["tiers"]["l2"].is_null());
+    assert!(
+        stats["origin"]["requests"].as_u64().unwrap() >= 5,
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_requires_the_token() {
+    let (origin, _) = counting_origin().await;
+    let gw = Gateway::start(&origin.url(), &[]).await;
+    let admin = |p: &str| format!("http://{}{p}", gw.admin);
+    for path in ["/stats", "/metrics"] {
+        assert_eq!(get(&admin(path), &[]).await.unwrap().status(), 401);
+        let wrong = get(&admin(path), &[("authorization", "Bearer nope")])
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401);
+    }
+    let purge = send(Method::POST, &admin("/purge?tag=x"), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 401);
+    // Health and the dashboard page itself need no token.
+    assert_eq!(get(&admin("/healthz"), &[]).await.unwrap().status(), 200);
+    let page = get(&admin("/"), &[]).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(String::from_utf8_lossy(page.body()).contains("purge-form"));
+
+    gw.get("/products/1", &[]).await;
+    let metrics = get(
+        &admin("/metrics"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = String::from_utf8_lossy(metrics.body());
+    assert!(
+        text.contains("tiered_gateway_requests_total{cache=\"miss\",status=\"2xx\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("tiered_cache_requests_total"), "{text}");
+    // Query-string form of the purge API.
+    let q = send(
+        Method::POST,
+        &admin("/purge?tag=products&mode=soft"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(q.status(), 200, "{:?}", q.body());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_headers_limits_and_framing() {
+    let origin = Origin::start(|_| respond(200, &[("cache-control", "no-store")], "ok")).await;
+    let gw = Gateway::start(&origin.url(), &[]).await;
+
+    let res = gw
+        .get(
+            "/h",
+            &[
+                ("connection", "x-drop"),
+                ("x-drop", "1"),
+                ("x-keep", "1"),
+                ("te", "trailers"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let seen = origin.last();
+    assert!(!seen.headers.contains_key("x-drop"), "{:?}", seen.headers);
+    assert!(!seen.headers.contains_key("te"));
+    assert!(seen.headers.contains_key("x-keep"));
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(
+        seen.headers["x-forwarded-host"],
+        gw.addr.to_string().as_str()
+    );
+    assert!(seen.headers["via"].to_str().unwrap().contains("1.1 tiered"));
+
+    // Health endpoints on the client listener too.
+    assert_eq!(gw.get("/healthz", &[]).await.status(), 200);
+    assert_eq!(gw.get("/readyz", &[]).await.status(), 200);
+
+    let raw = |request: &'static str| {
+        let addr = gw.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(request.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 512];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+    };
+    let before = origin.count();
+    let smuggle = raw("POST /h HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").await;
+    assert!(smuggle.starts_with("HTTP/1.1 400"), "{smuggle}");
+    let big = raw("POST /h HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n").await;
+    assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    assert_eq!(
+        origin.count(),
+        before,
+        "rejected requests never reach the origin"
+    );
+
+    // HTTP/2 (cleartext, prior knowledge) works too.
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let res = client.get(gw.url("/h2").parse().unwrap()).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes().as_ref(),
+        b"ok"
+    );
+    assert_eq!(origin.last().headers["host"], gw.addr.to_string().as_str());
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_100_mb_without_buffering_it() {
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 100;
+    let origin = Origin::start(|seen| {
+        let chunks = futures_util::stream::iter((0..CHUNKS).map(|i| {
+            Ok::<_, tiered_http::BoxError>(http_body::Frame::data(Bytes::from(vec![
+                i as u8;
+                CHUNK
+            ])))
+        }));
+        let body = tiered_http::boxed_body(http_body_util::StreamBody::new(chunks));
+        // One response forbids storing; the other is cacheable but larger
+        // than the cache's body limit (read up to the limit, then streamed).
+        let cc = if seen.uri == "/big-no-store" {
+            "no-store"
+        } else {
+            "public, max-age=60"
+        };
+        let mut res = http::Response::new(body);
+        res.headers_mut()
+            .insert("cache-control", cc.parse().unwrap());
+        res
+    })
+    .await;
+    let gw = Gateway::start(&origin.url(), &[]).await;
+    let base = rss_kib(gw.pid(), "VmRSS:");
+    for path in ["/big-no-store", "/big-cacheable"] {
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let res = client.get(gw.url(path).parse().unwrap()).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let mut body = res.into_body();
+        let (mut total, mut chunks) = (0usize, 0usize);
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                total += data.len();
+                chunks += 1;
+            }
+        }
+        assert_eq!(total, CHUNK * CHUNKS, "{path}");
+        assert!(chunks > 10, "{path}: arrived in pieces, not as one buffer");
+    }
+    // Peak memory grew by far less than one body (the cache limit is 8 MiB).
+    let peak = rss_kib(gw.pid(), "VmHWM:");
+    assert!(
+        peak < base + 40 * 1024,
+        "peak RSS {peak} KiB vs {base} KiB at start: the body was buffered"
+    );
+    assert_eq!(
+        x_cache(&gw.get("/big-cacheable", &[]).await),
+        "MISS",
+        "too large to store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let origin =
+        Origin::start(|_| respond(200, &[("cache-control", "no-store")], "slow but done")).await;
+    let mut gw = Gateway::start(&origin.url(), &[]).await;
+    let url = gw.url("/slow");
+    let request = tokio::spawn(async move { get(&url, &[("x-test-delay-ms", "1500")]).await });
+    until("the request reaching the origin", || {
+        let n = origin.count();
+        async move { n == 1 }
+    })
+    .await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gw.terminate();
+        (status, gw)
+    })
+    .await
+    .unwrap();
+    let res = request.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.body().as_ref(), b"slow but done");
+    assert!(
+        status.0.success(),
+        "{:?}: {}",
+        status.0,
+        status.1.log_text()
+    );
+    assert!(status.1.log_text().contains("shutting down"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_down_is_a_502_and_stale_if_error_serves_kept_copies() {
+    let origin = Origin::start(|_| {
+        respond(
+            200,
+            &[("cache-control", "max-age=1, stale-if-error=600")],
+            "kept",
+        )
+    })
+    .await;
+    // Nothing listens on the second route's port.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dir = std::env::temp_dir().join(format!("tiered-e2e-cfg-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("tiered.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[route]]\nprefix = \"/\"\norigin = \"{}\"\n[[route]]\nprefix = \"/dead/\"\norigin = \"{dead}\"\n",
+            origin.url()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start("", &["--config", cfg.to_str().unwrap()]).await;
+    let res = gw.get("/dead/x", &[]).await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(gw.get("/kept", &[]).await.body().as_ref(), b"kept");
+    let stats = gw.stats().await;
+    assert_eq!(stats["origin"]["errors"].as_u64(), Some(1), "{stats}");
+    assert_eq!(stats["requests"]["error"].as_u64(), Some(1), "{stats}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_redis_and_purge_by_tag() {
+    let redis = tiered_testkit::redis::RedisServer::start();
+    let (origin, fetches) = counting_origin().await;
+    let a = Gateway::start(&origin.url(), &["--redis", &redis.url()]).await;
+    let b = Gateway::start(&origin.url(), &["--redis", &redis.url()]).await;
+    // Both instances must use the same Host for the same key.
+    let host = [("host", "api.test")];
+
+    assert_eq!(a.get("/products/1", &host).await.body().as_ref(), b"body 1");
+    let from_b = b.get("/products/1", &host).await;
+    assert_eq!(
+        from_b.body().as_ref(),
+        b"body 1",
+        "B reads A's response from Redis"
+    );
+    assert_eq!(x_cache(&from_b), "HIT");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    let stats = b.stats().await;
+    assert_eq!(stats["tiers"]["l2"]["breaker"], "closed", "{stats}");
+    assert!(
+        stats["tiers"]["l2"]["hits"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+
+    assert_eq!(
+        a.admin_post("/purge", r#"{"tag":"products"}"#)
+            .await
+            .status(),
+        200
+    );
+    // B sees the purge (backplane) and refetches.
+    until("B to see A's purge", || {
+        let b = &b;
+        async move { b.get("/products/1", &host).await.body().as_ref() != b"body 1" }
+    })
+    .await;
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(a.get("/products/1", &host).await.body().as_ref(), b"body 2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_killed_under_load_every_request_still_succeeds() {
+    let mut redis = tiered_testkit::redis::RedisServer::start();
+    let origin = Origin::start(|seen| {
+        respond(
+            200,
+            &[("cache-control", "public, max-age=1")],
+            format!("page {}", seen.uri),
+        )
+    })
+    .await;
+    let gw = Arc::new(Gateway::start(&origin.url(), &["--redis", &redis.url()]).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (gw, stop) = (Arc::clone(&gw), Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let path = format!("/item/{}", i % 40);
+                match get(&gw.url(&path), &[]).await {
+                    Ok(res) if res.status().is_success() => ok += 1,
+                    Ok(res) => failed.push(format!("{path}: {}", res.status())),
+                    Err(e) => failed.push(format!("{path}: {e}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.kill();
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failures, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "only {ok} requests in {:?}", killed_at.elapsed());
+    let stats = gw.stats().await;
+    assert!(
+        stats["tiers"]["l2"]["errors"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+}
