@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # Programs the tests need, as "command:debian-package": private Redis servers
 # and clusters (tiered-testkit starts them on free ports), and openssl for the
 # test CA of the TLS tests.
-REQUIRED=(redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools openssl:openssl node:nodejs npm:npm python3:python3)
+# The gateway's dashboard test drives Debian's chromium through chromedriver.
+REQUIRED=(redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools openssl:openssl node:nodejs npm:npm python3:python3 chromium:chromium chromedriver:chromium-driver)
 
 need() {
   local cmd=${1%%:*} pkg=${1##*:}
@@ -60,6 +61,10 @@ echo "--- example origin_helpers"
 cargo run --quiet -p tiered-http --example origin_helpers
 echo "--- example write_behind"
 cargo run --quiet -p tiered-postgres --example write_behind
+
+# The gateway's demo (the README's run command), without waiting for Ctrl-C.
+echo "--- tiered demo"
+cargo run --quiet -p tiered-gateway --bin tiered -- demo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --requests 400 --no-wait
 
 # HTTP caching conformance (npm: http-cache-tests) against the CacheLayer
 # proxy example; fails if a "required" test fails that is not excused in

@@ -501,3 +501,47 @@ async fn redis_killed_under_load_every_request_still_succeeds() {
         "{stats}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_fetches_urls_through_the_gateway() {
+    let (origin, fetches) = counting_origin().await;
+    let gw = Gateway::start(&origin.url(), &[]).await;
+    let dir = std::env::temp_dir().join(format!("tiered-warm-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("urls.txt");
+    std::fs::write(
+        &list,
+        "# warm these\n/products/1\n/products/2\n\nhttp://api.test/products/3\n/uncached\n",
+    )
+    .unwrap();
+    let run = |list: std::path::PathBuf, gateway: String| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin())
+                .args(["warm", "--gateway", &gateway, "--concurrency", "2"])
+                .arg(list)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(list.clone(), gw.url("")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("warmed 4 URLs: 3 stored, 0 already cached, 1 not cacheable, 0 failed"),
+        "{stdout}"
+    );
+    assert_eq!(fetches.load(Ordering::SeqCst), 3);
+    // Warmed under the key real clients use: these are hits.
+    assert_eq!(x_cache(&gw.get("/products/1", &[]).await), "HIT");
+    assert_eq!(
+        x_cache(&gw.get("/products/3", &[("host", "api.test")]).await),
+        "HIT"
+    );
+    let again = run(list, gw.url("")).await.unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("3 already cached"));
+    let _ = std::fs::remove_dir_all(dir);
+}
