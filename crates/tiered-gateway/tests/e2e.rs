@@ -408,9 +408,24 @@ async fn origin_down_is_a_502_and_stale_if_error_serves_kept_copies() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_share_redis_and_purge_by_tag() {
     let redis = tiered_testkit::redis::RedisServer::start();
+    two_instances_share(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_a_redis_cluster_and_purge_by_tag() {
+    let cluster = tiered_testkit::redis::RedisCluster::start();
+    let seeds: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|u| u.trim_start_matches("redis://").to_owned())
+        .collect();
+    two_instances_share(&format!("redis+cluster://{}", seeds.join(","))).await;
+}
+
+async fn two_instances_share(redis: &str) {
     let (origin, fetches) = counting_origin().await;
-    let a = Gateway::start(&origin.url(), &["--redis", &redis.url()]).await;
-    let b = Gateway::start(&origin.url(), &["--redis", &redis.url()]).await;
+    let a = Gateway::start(&origin.url(), &["--redis", redis]).await;
+    let b = Gateway::start(&origin.url(), &["--redis", redis]).await;
     // Both instances must use the same Host for the same key.
     let host = [("host", "api.test")];
 
