@@ -220,8 +220,8 @@ struct File {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProxySection {
-    connect_timeout: Option<Dur>,
-    read_timeout: Option<Dur>,
+    connect_timeout: Option<Timeout>,
+    read_timeout: Option<Timeout>,
     max_request_body: Option<Size>,
     shutdown_grace: Option<Dur>,
     health_on_listener: Option<bool>,
@@ -242,7 +242,7 @@ struct CacheSection {
 #[serde(deny_unknown_fields)]
 struct RouteSection {
     prefix: Prefix,
-    host: Option<String>,
+    host: Option<toml::Spanned<String>>,
     origin: Origin,
     ttl: Option<Dur>,
     #[serde(default)]
@@ -291,6 +291,13 @@ checked!(Addr, SocketAddr, |r| {
         .map_err(|_| format!("invalid address {s:?} (expected IP:PORT)"))
 });
 checked!(Dur, Duration, |r| parse_duration(r.text()?));
+checked!(Timeout, Duration, |r| {
+    let d = parse_duration(r.text()?)?;
+    if d.is_zero() {
+        return Err("must be more than 0 (e.g. 500ms, 2s)".into());
+    }
+    Ok(d)
+});
 checked!(Size, u64, |r| match r {
     Raw::Int(n) if *n >= 0 => Ok(*n as u64),
     Raw::Text(s) => parse_size(s),
@@ -392,10 +399,22 @@ impl fmt::Display for LogFormat {
     }
 }
 
-fn read_file(path: &Path) -> Result<File, ConfigError> {
+fn read_file(path: &Path) -> Result<(File, String), ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| err(format!("config file {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| err(format!("config file {}: {e}", path.display())))
+    let file =
+        toml::from_str(&text).map_err(|e| err(format!("config file {}: {e}", path.display())))?;
+    Ok((file, text))
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+/// Routes match the normalized path (see `tiered_http::normalize_path`).
+fn normalize_prefix(prefix: &str) -> String {
+    tiered_http::normalize_path(prefix).into_owned()
 }
 
 fn read_token(path: &Path, origin: &str) -> Result<String, ConfigError> {
@@ -419,9 +438,9 @@ impl Config {
     ///
     /// A [`ConfigError`] naming the file, line and field, or the flag.
     pub fn load(o: &Overrides) -> Result<Config, ConfigError> {
-        let file = match &o.config {
+        let (file, text) = match &o.config {
             Some(path) => read_file(path)?,
-            None => File::default(),
+            None => (File::default(), String::new()),
         };
         let where_file = || {
             o.config
@@ -440,18 +459,29 @@ impl Config {
                 ignore_query: Vec::new(),
             }]
         } else {
-            let mut routes: Vec<Route> = file
-                .routes
-                .into_iter()
-                .map(|r| Route {
-                    prefix: r.prefix.0,
-                    host: r.host.map(|h| h.to_ascii_lowercase()),
+            let mut routes = Vec::with_capacity(file.routes.len());
+            for r in file.routes {
+                let host = match r.host {
+                    Some(h) if r.ttl.is_some() || !r.ignore_query.is_empty() => {
+                        // The cache layer's rules match paths, not hosts: a
+                        // host route's ttl would apply to every host.
+                        return Err(err(format!(
+                            "{}line {}: route.host: a route with a host cannot set ttl or ignore_query (yet); use the origin's Cache-Control",
+                            where_file(),
+                            line_of(&text, h.span().start)
+                        )));
+                    }
+                    h => h.map(|h| h.into_inner().to_ascii_lowercase()),
+                };
+                routes.push(Route {
+                    prefix: normalize_prefix(&r.prefix.0),
+                    host,
                     origin: r.origin.0,
                     ttl: r.ttl.map(|d| d.0),
                     bypass: r.bypass,
                     ignore_query: r.ignore_query,
-                })
-                .collect();
+                });
+            }
             // Most specific first: host routes before host-less ones, then
             // longer prefixes before shorter.
             routes.sort_by(|a, b| {
@@ -467,6 +497,13 @@ impl Config {
         }
 
         let admin_token = match (&o.admin_token, &o.admin_token_file) {
+            // Flags and variables mix here (clap merges them), so which one
+            // should win is ambiguous: refuse rather than guess.
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "give --admin-token (TIERED_ADMIN_TOKEN) or --admin-token-file (TIERED_ADMIN_TOKEN_FILE), not both",
+                ))
+            }
             (Some(t), _) if t.is_empty() => return Err(err("--admin-token: empty token")),
             (Some(t), _) => Some(t.clone()),
             (None, Some(path)) => Some(read_token(path, "--admin-token-file")?),

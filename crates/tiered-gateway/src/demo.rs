@@ -354,7 +354,9 @@ pub async fn run(args: DemoArgs) -> Result<(), BoxError> {
     println!("try:");
     println!("  curl -i http://{addr}/api/products/7");
     println!("  curl -X PUT 'http://{addr}/api/products/7?price=1299'   # changes data; the gateway drops its copy");
-    println!("  curl -X POST 'http://{admin_addr}/purge?tag=products&mode=soft'");
+    println!(
+        "  curl -X POST http://{admin_addr}/purge -H 'content-type: application/json' -d '{{\"tag\":\"products\",\"mode\":\"soft\"}}'"
+    );
     println!("  curl http://{admin_addr}/stats");
     println!("  open http://{admin_addr}/ for the live dashboard");
 

@@ -15,7 +15,9 @@
 //!
 //! It costs one pass over the bytes of each request (bodies are skipped by
 //! length, not scanned). HTTP/2 connections are recognised by their preface
-//! and left alone: HTTP/2 has no `Transfer-Encoding`.
+//! and left alone: HTTP/2 has no `Transfer-Encoding`. What it cannot follow
+//! (a malformed or oversized block) it fails closed: the connection's
+//! requests are refused, as hyper would refuse them anyway.
 
 use std::io;
 use std::pin::Pin;
@@ -25,8 +27,10 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Header blocks longer than this are not checked (hyper refuses them).
+/// Header blocks longer than this are refused (hyper refuses them too).
 const MAX_HEAD: usize = 64 << 10;
+/// Chunk-size lines (with extensions) longer than this are refused.
+const MAX_CHUNK_LINE: usize = 16 << 10;
 
 #[derive(Debug)]
 enum State {
@@ -42,7 +46,7 @@ enum State {
     ChunkData(u64),
     /// Trailer lines after the last chunk, until an empty line.
     Trailers(Vec<u8>),
-    /// Not followed (HTTP/2, malformed, or already flagged).
+    /// Not followed (HTTP/2, or already flagged).
     Off,
 }
 
@@ -90,20 +94,28 @@ impl Framing {
                 }
             }
             State::Head(mut head) => {
-                let before = head.len();
-                // Look for the blank line, including one split across reads.
-                let search_from = before.saturating_sub(3);
-                head.extend_from_slice(data);
-                let Some(end) =
-                    find(&head[search_from..], b"\r\n\r\n").map(|i| search_from + i + 4)
-                else {
-                    if head.len() > MAX_HEAD {
-                        return (State::Off, data.len());
+                // Blank lines before a request line are skipped (as httparse
+                // and hyper do).
+                let mut skip = 0;
+                if head.is_empty() {
+                    skip = data
+                        .iter()
+                        .take_while(|b| **b == b'\r' || **b == b'\n')
+                        .count();
+                }
+                let rest = &data[skip..];
+                let tail = &head[head.len().saturating_sub(2)..];
+                match block_end(tail, rest) {
+                    Some(end) => {
+                        head.extend_from_slice(&rest[..end]);
+                        (self.after_head(&head), skip + end)
                     }
-                    return (State::Head(head), data.len());
-                };
-                let used = end - before;
-                (self.after_head(&head[..end]), used)
+                    None if head.len() + rest.len() > MAX_HEAD => (self.fail_closed(), data.len()),
+                    None => {
+                        head.extend_from_slice(rest);
+                        (State::Head(head), data.len())
+                    }
+                }
             }
             State::Body(left) => {
                 let n = left.min(data.len() as u64);
@@ -118,8 +130,8 @@ impl Framing {
             State::ChunkSize(mut line) => match find(data, b"\n") {
                 None => {
                     line.extend_from_slice(data);
-                    if line.len() > 1024 {
-                        return (State::Off, data.len());
+                    if line.len() > MAX_CHUNK_LINE {
+                        return (self.fail_closed(), data.len());
                     }
                     (State::ChunkSize(line), data.len())
                 }
@@ -131,7 +143,7 @@ impl Framing {
                         Ok(0) => (State::Trailers(Vec::new()), i + 1),
                         // Data, then CRLF.
                         Ok(n) => (State::ChunkData(n.saturating_add(2)), i + 1),
-                        Err(_) => (State::Off, data.len()),
+                        Err(_) => (self.fail_closed(), data.len()),
                     }
                 }
             },
@@ -149,7 +161,7 @@ impl Framing {
                 None => {
                     line.extend_from_slice(data);
                     if line.len() > MAX_HEAD {
-                        return (State::Off, data.len());
+                        return (self.fail_closed(), data.len());
                     }
                     (State::Trailers(line), data.len())
                 }
@@ -165,12 +177,21 @@ impl Framing {
         }
     }
 
+    /// Stops following the connection and refuses its requests: what we
+    /// cannot follow, we cannot vouch for (a desync is how a smuggled
+    /// request would get past us).
+    fn fail_closed(&self) -> State {
+        self.flagged.store(true, Ordering::Release);
+        State::Off
+    }
+
     /// What follows a complete header block.
     fn after_head(&mut self, head: &[u8]) -> State {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-            return State::Off; // hyper answers 400 itself
+            // hyper refuses it too; whatever it makes of it, we refuse.
+            return self.fail_closed();
         }
         let mut length = None;
         let (mut cl, mut te, mut chunked) = (false, false, false);
@@ -189,8 +210,7 @@ impl Framing {
             }
         }
         if cl && te {
-            self.flagged.store(true, Ordering::Release);
-            return State::Off;
+            return self.fail_closed();
         }
         match (chunked, length) {
             (true, _) => State::ChunkSize(Vec::new()),
@@ -198,6 +218,27 @@ impl Framing {
             _ => State::Head(Vec::new()),
         }
     }
+}
+
+/// Where a header block ends in `data` (the index after its blank line), if
+/// it does: a LF followed by LF or CRLF (bare LF line ends are accepted by
+/// httparse, so they must end a block here too). `tail` is the end of what
+/// was read before, for a blank line split across reads.
+fn block_end(tail: &[u8], data: &[u8]) -> Option<usize> {
+    let at = |i: usize, back: usize| -> Option<u8> {
+        match i.checked_sub(back) {
+            Some(j) => data.get(j).copied(),
+            None => tail
+                .len()
+                .checked_sub(back - i)
+                .and_then(|j| tail.get(j).copied()),
+        }
+    };
+    data.iter().enumerate().find_map(|(i, &b)| {
+        let blank = b == b'\n'
+            && (at(i, 1) == Some(b'\n') || (at(i, 1) == Some(b'\r') && at(i, 2) == Some(b'\n')));
+        blank.then_some(i + 1)
+    })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -310,6 +351,50 @@ mod tests {
         for step in [1, 5, 4096] {
             assert!(flagged(&bad, step), "step {step}");
         }
+    }
+
+    #[test]
+    fn bare_lf_and_leading_blank_lines_do_not_hide_it() {
+        let lf =
+            b"POST / HTTP/1.1\nHost: x\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\n\n";
+        let mut after_blank = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\r\n\r\n\r\n".to_vec();
+        after_blank.extend_from_slice(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        for step in [1, 2, 3, 4096] {
+            assert!(flagged(lf, step), "bare LF, step {step}");
+            assert!(flagged(&after_blank, step), "blank lines, step {step}");
+        }
+        let ok = b"GET / HTTP/1.1\nHost: x\n\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(!flagged(ok, 1));
+        assert!(!flagged(ok, 4096));
+    }
+
+    #[test]
+    fn what_it_cannot_follow_is_refused() {
+        let mut long_chunk =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;".to_vec();
+        long_chunk.extend(std::iter::repeat_n(b'a', 20_000));
+        assert!(flagged(&long_chunk, 1000));
+        let mut ok_chunk =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;".to_vec();
+        ok_chunk.extend(std::iter::repeat_n(b'a', 2_000));
+        ok_chunk.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        assert!(!flagged(&ok_chunk, 700));
+        assert!(flagged(b"GARBAGE\r\n\r\n", 3));
+    }
+
+    #[test]
+    fn pipelined_requests_are_each_checked_once() {
+        let mut many = Vec::new();
+        for _ in 0..1000 {
+            many.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+        }
+        assert!(!flagged(&many, 64 << 10));
+        many.extend_from_slice(
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(flagged(&many, 64 << 10));
     }
 
     #[test]

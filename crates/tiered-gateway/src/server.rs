@@ -29,7 +29,7 @@ use crate::config::{Config, RedisTarget};
 use crate::framing::Watched;
 use crate::headers::{strip_hop_by_hop, ClientAddr};
 use crate::stats::{GatewayStats, Outcome};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{is_body_too_large, Upstream, UpstreamError};
 
 /// Everything a running gateway shares between its listeners.
 pub struct Gateway {
@@ -103,12 +103,11 @@ impl Gateway {
         if let Some(name) = &config.tenant_header {
             layer = layer.tenant_header(name);
         }
-        // Per-route cache rules match on the path (the layer's rules do not
-        // look at the host; host routes share rules with their paths).
-        for route in &config.routes {
-            if route.ttl.is_none() && route.ignore_query.is_empty() {
-                continue;
-            }
+        // One cache rule per route, in the routes' order (most specific
+        // first), so a route without a ttl is not caught by a shorter
+        // route's rule. The layer's rules match the path only, which is why
+        // the config refuses ttl / ignore_query on host routes.
+        for route in config.routes.iter().filter(|r| r.host.is_none()) {
             let mut rule = Rule::path_prefix(route.prefix.clone());
             if let Some(ttl) = route.ttl {
                 rule = rule.ttl(ttl);
@@ -180,7 +179,9 @@ pub fn handle(
             }
         }
         let started = Instant::now();
-        gateway.stats.begin();
+        // Counted as finished even if the client goes away mid-request
+        // (the future is dropped): the in-flight gauge must not drift.
+        let guard = InFlight::new(Arc::clone(&gateway));
         let (outcome, res) = if smuggled.load(Ordering::Acquire) {
             let mut res = text(
                 StatusCode::BAD_REQUEST,
@@ -192,11 +193,40 @@ pub fn handle(
         } else {
             forward(Arc::clone(&gateway), peer, req).await
         };
-        gateway
-            .stats
-            .finish(outcome, res.status().as_u16(), started.elapsed());
+        guard.finish(outcome, res.status().as_u16(), started.elapsed());
         res
     })
+}
+
+/// One request in flight; recorded as an error if dropped unfinished.
+struct InFlight {
+    gateway: Option<Arc<Gateway>>,
+    started: Instant,
+}
+
+impl InFlight {
+    fn new(gateway: Arc<Gateway>) -> Self {
+        gateway.stats.begin();
+        InFlight {
+            gateway: Some(gateway),
+            started: Instant::now(),
+        }
+    }
+
+    fn finish(mut self, outcome: Outcome, status: u16, took: Duration) {
+        if let Some(gw) = self.gateway.take() {
+            gw.stats.finish(outcome, status, took);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(gw) = self.gateway.take() {
+            // 499: the client closed the request (nginx's convention).
+            gw.stats.finish(Outcome::Error, 499, self.started.elapsed());
+        }
+    }
 }
 
 async fn forward(
@@ -272,6 +302,9 @@ fn call_upstream(
 }
 
 fn error_response(e: &BoxError) -> Response<Body> {
+    if is_body_too_large(e.as_ref()) {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
     match e.downcast_ref::<UpstreamError>() {
         Some(UpstreamError::NoRoute) => text(StatusCode::NOT_FOUND, "no route\n"),
         Some(UpstreamError::Timeout(_)) => {
@@ -424,7 +457,14 @@ pub async fn serve_on(
         "tiered is serving"
     );
     run_listener(Arc::clone(&gateway), listener, shutdown).await;
-    let _ = admin_task.await;
+    // The admin listener drains too, but a client holding an admin
+    // connection open must not keep the process alive past the grace period.
+    if tokio::time::timeout(gateway.config.shutdown_grace, admin_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin connections still open after the grace period; closing them");
+    }
 }
 
 /// Reads a whole (small) body, for tests and the admin API.

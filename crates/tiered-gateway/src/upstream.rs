@@ -36,10 +36,10 @@ pub enum UpstreamError {
     Timeout(Duration),
     /// The origin could not be reached (502).
     #[error("cannot connect to the origin: {0}")]
-    Connect(BoxError),
+    Connect(#[source] BoxError),
     /// The origin broke the exchange (502).
     #[error("origin error: {0}")]
-    Other(BoxError),
+    Other(#[source] BoxError),
 }
 
 /// Calls the origin a request is routed to. Cheap to clone.
@@ -91,7 +91,9 @@ pub fn route_for<'r, B>(routes: &'r [Route], req: &Request<B>) -> Option<&'r Rou
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host())
         .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name));
-    let path = req.uri().path();
+    // Route on the path the cache key uses, so `/%61pi/x` cannot reach one
+    // upstream and be stored under another's `/api/x`.
+    let path = tiered_http::normalize_path(req.uri().path());
     routes.iter().find(|r| {
         path.starts_with(&r.prefix)
             && r.host
@@ -140,6 +142,11 @@ impl tower::Service<Request<Body>> for Upstream {
                         inner.stats.origin_failed(OriginError::Timeout);
                         return Err(UpstreamError::Timeout(inner.read_timeout).into());
                     }
+                    // The client's body went over the limit while we sent
+                    // it: not the origin's fault (the listener answers 413).
+                    Ok(Err(e)) if is_body_too_large(&e) => {
+                        return Err(UpstreamError::Other(Box::new(e)).into());
+                    }
                     Ok(Err(e)) if e.is_connect() => {
                         inner.stats.origin_failed(OriginError::Connect);
                         return Err(UpstreamError::Connect(Box::new(e)).into());
@@ -160,6 +167,18 @@ impl tower::Service<Request<Body>> for Upstream {
             ))
         })
     }
+}
+
+/// Whether `e` (or what it wraps) is a request body over the size limit.
+pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 pin_project_lite::pin_project! {

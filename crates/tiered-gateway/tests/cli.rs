@@ -41,8 +41,18 @@ fn config(text: &str) -> (std::path::PathBuf, String) {
     (dir, shown)
 }
 
-fn port_is_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+/// Holds `port` while a bad configuration is tried: had the gateway tried
+/// to bind before checking its configuration, it would fail with "cannot
+/// listen" instead of the configuration error.
+fn hold(port: u16) -> std::net::TcpListener {
+    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap()
+}
+
+fn assert_not_bound(err: &str) {
+    assert!(
+        !err.contains("cannot listen"),
+        "tried to bind before checking: {err}"
+    );
 }
 
 #[test]
@@ -108,6 +118,7 @@ fn bad_environment_variables_are_rejected() {
 #[test]
 fn bad_config_files_name_file_line_and_field() {
     let listen = free_port();
+    let _held = hold(listen);
     let cases = [
         (
             "listen = \"127.0.0.1:1\"\n[proxy]\nread_timeout = \"30 parsecs\"\n",
@@ -132,6 +143,12 @@ fn bad_config_files_name_file_line_and_field() {
             "heuristic_fraction",
         ),
         ("listen = [\n", "line", "listen"),
+        ("[proxy]\nconnect_timeout = \"0s\"\n", "line 2", "connect_timeout"),
+        (
+            "[[route]]\nprefix = \"/\"\nhost = \"a.test\"\norigin = \"http://127.0.0.1:1\"\nttl = \"5s\"\n",
+            "line 3",
+            "route.host",
+        ),
     ];
     for (text, line, field) in cases {
         let (dir, path) = config(text);
@@ -150,7 +167,7 @@ fn bad_config_files_name_file_line_and_field() {
         assert!(err.contains(&path), "{text}: no path in {err}");
         assert!(err.contains(line), "{text}: no {line} in {err}");
         assert!(err.contains(field), "{text}: no {field} in {err}");
-        assert!(port_is_free(listen), "bound a port despite a bad config");
+        assert_not_bound(&err);
         let _ = std::fs::remove_dir_all(dir);
     }
     let out = run(&["serve", "--config", "/nonexistent/tiered.toml"], &[]);
@@ -160,6 +177,7 @@ fn bad_config_files_name_file_line_and_field() {
 #[test]
 fn a_public_admin_listener_without_a_token_is_refused() {
     let admin = free_port();
+    let _held = std::net::TcpListener::bind(("0.0.0.0", admin)).unwrap();
     let out = run(
         &[
             "serve",
@@ -172,7 +190,7 @@ fn a_public_admin_listener_without_a_token_is_refused() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--admin-token"), "{}", stderr(&out));
-    assert!(port_is_free(admin));
+    assert_not_bound(&stderr(&out));
 }
 
 #[test]
@@ -218,4 +236,11 @@ fn help_documents_every_flag() {
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/tiered.toml");
+    let out = run(&["check", "--config", path], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

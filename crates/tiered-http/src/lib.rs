@@ -76,3 +76,18 @@ pub use layer::{
     Rule, DEFAULT_UNKEYED_HEADERS,
 };
 pub use service::CacheService;
+
+/// A request path as the cache key sees it: percent-encoding normalized
+/// (unreserved characters decoded, hex upper-cased; RFC 3986 §6.2.2).
+///
+/// Anything that routes requests in front of or behind the layer (a proxy
+/// choosing an upstream, say) must route on this form: routing `/%61pi/x` by
+/// its raw bytes while the key reads `/api/x` would store one upstream's
+/// response under another's URL.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.contains('%') {
+        std::borrow::Cow::Owned(key::normalize_percent(path))
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
+}

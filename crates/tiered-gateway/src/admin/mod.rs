@@ -18,11 +18,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tiered_http::PurgeMode;
 use tokio::net::TcpListener;
@@ -71,10 +72,52 @@ fn fail(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ErrorBody { error: msg.into() })).into_response()
 }
 
-/// `Ok` if the request carries the configured token (or none is configured).
+/// `Ok` if the request may use the admin API.
+///
+/// With a token: `Authorization: Bearer TOKEN`. The comparison is of SHA-256
+/// digests in constant time, so neither the token's bytes nor its length
+/// leak through timing. A browser cannot send `Authorization` cross-site
+/// without a CORS preflight (which this API never grants), so a token also
+/// stops cross-site requests.
+///
+/// Without a token (loopback only), any web page the operator visits could
+/// still POST to `127.0.0.1`: so a `Host` that is not a loopback name is
+/// refused (DNS rebinding), and a POST must be `Content-Type:
+/// application/json`, which a page cannot send cross-site without a
+/// preflight.
 #[allow(clippy::result_large_err)]
-fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(gateway: &Gateway, method: &Method, headers: &HeaderMap) -> Result<(), Response> {
     let Some(token) = &gateway.config.admin_token else {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        let loopback = name.eq_ignore_ascii_case("localhost")
+            || name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(fail(
+                StatusCode::FORBIDDEN,
+                "without an admin token the admin API answers loopback hosts only",
+            ));
+        }
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if *method == Method::POST && !json {
+            return Err(fail(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "without an admin token, POST a JSON body with Content-Type: application/json",
+            ));
+        }
         return Ok(());
     };
     let given = headers
@@ -82,7 +125,11 @@ fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+    let (given, want) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(token.as_bytes()),
+    );
+    if bool::from(given.as_slice().ct_eq(want.as_slice())) {
         Ok(())
     } else {
         let mut res = fail(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
@@ -217,14 +264,14 @@ fn stats_body(gw: &Gateway) -> StatsBody {
 }
 
 async fn stats(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(res) = authorize(&gw, &headers) {
+    if let Err(res) = authorize(&gw, &Method::GET, &headers) {
         return res;
     }
     ([(header::CACHE_CONTROL, "no-store")], Json(stats_body(&gw))).into_response()
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(res) = authorize(&gw, &headers) {
+    if let Err(res) = authorize(&gw, &Method::GET, &headers) {
         return res;
     }
     // Refreshes the engine's gauges (entries, bytes, breaker) first.
@@ -273,7 +320,7 @@ async fn purge(
     uri: Uri,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(res) = authorize(&gw, &headers) {
+    if let Err(res) = authorize(&gw, &Method::POST, &headers) {
         return res;
     }
     let req: PurgeRequest = match params(&uri, &body) {
@@ -346,7 +393,7 @@ async fn flush(
     uri: Uri,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(res) = authorize(&gw, &headers) {
+    if let Err(res) = authorize(&gw, &Method::POST, &headers) {
         return res;
     }
     let req: FlushRequest = match params(&uri, &body) {
