@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{bin, free_port};
+use common::{bin, free_port, ConfigFile};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bin());
@@ -29,16 +29,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A config file in a fresh directory.
-fn config(text: &str) -> (std::path::PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!("tiered-cli-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tiered.toml");
-    std::fs::write(&path, text).unwrap();
-    let shown = path.to_str().unwrap().to_owned();
-    (dir, shown)
 }
 
 /// Holds `port` while a bad configuration is tried: had the gateway tried
@@ -151,7 +141,8 @@ fn bad_config_files_name_file_line_and_field() {
         ),
     ];
     for (text, line, field) in cases {
-        let (dir, path) = config(text);
+        let cfg = ConfigFile::new(text);
+        let path = cfg.path.clone();
         let out = run(
             &[
                 "serve",
@@ -168,7 +159,6 @@ fn bad_config_files_name_file_line_and_field() {
         assert!(err.contains(line), "{text}: no {line} in {err}");
         assert!(err.contains(field), "{text}: no {field} in {err}");
         assert_not_bound(&err);
-        let _ = std::fs::remove_dir_all(dir);
     }
     let out = run(&["serve", "--config", "/nonexistent/tiered.toml"], &[]);
     assert!(stderr(&out).contains("/nonexistent/tiered.toml"));
@@ -195,11 +185,11 @@ fn a_public_admin_listener_without_a_token_is_refused() {
 
 #[test]
 fn precedence_is_flag_then_environment_then_file() {
-    let (dir, path) = config(
+    let cfg = ConfigFile::new(
         "listen = \"127.0.0.1:1001\"\nl1_bytes = \"32MiB\"\nadmin_listen = \"127.0.0.1:1003\"\n[[route]]\nprefix = \"/\"\norigin = \"http://127.0.0.1:1\"\n",
     );
     let out = run(
-        &["check", "--config", &path, "--listen", "127.0.0.1:2001"],
+        &["check", "--config", &cfg.path, "--listen", "127.0.0.1:2001"],
         &[
             ("TIERED_LISTEN", "127.0.0.1:3001"),
             ("TIERED_L1_BYTES", "48MiB"),
@@ -216,7 +206,6 @@ fn precedence_is_flag_then_environment_then_file() {
         shown.contains("127.0.0.1:1003"),
         "file beats default: {shown}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -393,18 +393,11 @@ async fn origin_down_is_a_502_and_stale_if_error_serves_kept_copies() {
     .await;
     // Nothing listens on the second route's port.
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let dir = std::env::temp_dir().join(format!("tiered-e2e-cfg-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("tiered.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = ConfigFile::new(&format!(
             "[[route]]\nprefix = \"/\"\norigin = \"{}\"\n[[route]]\nprefix = \"/dead/\"\norigin = \"{dead}\"\n",
             origin.url()
-        ),
-    )
-    .unwrap();
-    let gw = Gateway::start("", &["--config", cfg.to_str().unwrap()]).await;
+        ));
+    let gw = Gateway::start("", &["--config", &cfg.path]).await;
     let res = gw.get("/dead/x", &[]).await;
     assert_eq!(res.status(), 502);
     assert_eq!(gw.get("/kept", &[]).await.body().as_ref(), b"kept");
@@ -419,7 +412,6 @@ async fn origin_down_is_a_502_and_stale_if_error_serves_kept_copies() {
     assert_eq!(stats["origin"]["errors"].as_u64(), Some(1), "{stats}");
     assert_eq!(stats["requests"]["error"].as_u64(), Some(1), "{stats}");
     assert_eq!(stats["requests"]["stale"].as_u64(), Some(1), "{stats}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -582,35 +574,24 @@ async fn warm_fetches_urls_through_the_gateway() {
 async fn percent_encoded_paths_route_like_the_cache_key_reads_them() {
     let a = Origin::start(|_| respond(200, &[("cache-control", "max-age=60")], "from A")).await;
     let b = Origin::start(|_| respond(200, &[("cache-control", "max-age=60")], "from B")).await;
-    let dir = std::env::temp_dir().join(format!("tiered-e2e-cfg-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("tiered.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = ConfigFile::new(&format!(
             "[[route]]\nprefix = \"/\"\norigin = \"{}\"\n[[route]]\nprefix = \"/api/\"\norigin = \"{}\"\n",
             a.url(),
             b.url()
-        ),
-    )
-    .unwrap();
-    let gw = Gateway::start("", &["--config", cfg.to_str().unwrap()]).await;
+        ));
+    let gw = Gateway::start("", &["--config", &cfg.path]).await;
     // `/%61pi/x` is `/api/x`: it must go to B, never store A's answer there.
     assert_eq!(gw.get("/%61pi/x", &[]).await.body().as_ref(), b"from B");
     assert_eq!(gw.get("/api/x", &[]).await.body().as_ref(), b"from B");
     assert_eq!(gw.get("/other", &[]).await.body().as_ref(), b"from A");
     assert_eq!(a.count(), 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_streamed_uploads_are_413() {
     let origin = Origin::start(|_| respond(200, &[("cache-control", "no-store")], "ok")).await;
-    let dir = std::env::temp_dir().join(format!("tiered-e2e-cfg-{}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("tiered.toml");
-    std::fs::write(&cfg, "[proxy]\nmax_request_body = \"64KiB\"\n").unwrap();
-    let gw = Gateway::start(&origin.url(), &["--config", cfg.to_str().unwrap()]).await;
+    let cfg = ConfigFile::new("[proxy]\nmax_request_body = \"64KiB\"\n");
+    let gw = Gateway::start(&origin.url(), &["--config", &cfg.path]).await;
     // Chunked (no Content-Length to check up front): 256 KiB in 4 KiB chunks.
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -646,7 +627,6 @@ async fn oversized_streamed_uploads_are_413() {
     .await
     .unwrap();
     assert_eq!(ok.status(), 200);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]

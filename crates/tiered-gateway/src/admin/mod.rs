@@ -314,18 +314,27 @@ fn params<T: Default + for<'de> Deserialize<'de>>(uri: &Uri, body: &[u8]) -> Res
         .map_err(|e| format!("bad query string: {e}"))
 }
 
+/// The parameters of an authorized POST, or the response refusing it.
+#[allow(clippy::result_large_err)]
+fn authorized_params<T: Default + for<'de> Deserialize<'de>>(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<T, Response> {
+    authorize(gw, &Method::POST, headers)?;
+    params(uri, body).map_err(|e| fail(StatusCode::BAD_REQUEST, e))
+}
+
 async fn purge(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     uri: Uri,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(res) = authorize(&gw, &Method::POST, &headers) {
-        return res;
-    }
-    let req: PurgeRequest = match params(&uri, &body) {
+    let req: PurgeRequest = match authorized_params(&gw, &headers, &uri, &body) {
         Ok(r) => r,
-        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
+        Err(res) => return res,
     };
     let mode = match req.mode.as_deref() {
         None | Some("hard") => PurgeMode::Hard,
@@ -393,12 +402,9 @@ async fn flush(
     uri: Uri,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(res) = authorize(&gw, &Method::POST, &headers) {
-        return res;
-    }
-    let req: FlushRequest = match params(&uri, &body) {
+    let req: FlushRequest = match authorized_params(&gw, &headers, &uri, &body) {
         Ok(r) => r,
-        Err(e) => return fail(StatusCode::BAD_REQUEST, e),
+        Err(res) => return res,
     };
     let tier = match req.tier.as_deref() {
         Some("l1") => {

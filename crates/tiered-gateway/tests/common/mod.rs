@@ -318,3 +318,26 @@ pub fn counter() -> Arc<AtomicUsize> {
 pub fn bump(c: &AtomicUsize) -> usize {
     c.fetch_add(1, Ordering::SeqCst) + 1
 }
+
+/// A config file with `text` in a fresh directory (removed on drop).
+pub struct ConfigFile {
+    dir: std::path::PathBuf,
+    pub path: String,
+}
+
+impl ConfigFile {
+    pub fn new(text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("tiered-e2e-cfg-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiered.toml");
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        ConfigFile { dir, path }
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
