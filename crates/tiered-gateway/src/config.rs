@@ -135,7 +135,11 @@ pub struct Config {
     pub max_request_body: u64,
     /// Largest response stored in the cache (bigger ones are streamed through).
     pub max_cached_body: u64,
-    /// Time in-flight requests get to finish after SIGTERM.
+    /// After SIGTERM, how long `/readyz` says 503 while the gateway still
+    /// accepts and serves, so load balancers stop routing to it first.
+    pub drain_delay: Duration,
+    /// Time in-flight requests get to finish once the gateway stops
+    /// accepting.
     pub shutdown_grace: Duration,
     /// Answer `/healthz` and `/readyz` on the client listener too.
     pub health_on_listener: bool,
@@ -224,6 +228,7 @@ struct ProxySection {
     read_timeout: Option<Timeout>,
     max_request_body: Option<Size>,
     shutdown_grace: Option<Dur>,
+    drain_delay: Option<Dur>,
     health_on_listener: Option<bool>,
 }
 
@@ -595,6 +600,7 @@ impl Config {
                 .proxy
                 .shutdown_grace
                 .map_or(Duration::from_secs(30), |d| d.0),
+            drain_delay: file.proxy.drain_delay.map_or(Duration::ZERO, |d| d.0),
             health_on_listener: file.proxy.health_on_listener.unwrap_or(true),
             stale_if_error: file.cache.stale_if_error.map_or(Duration::ZERO, |d| d.0),
             targeted_fields: file.cache.targeted_fields,

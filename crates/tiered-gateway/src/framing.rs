@@ -20,6 +20,7 @@
 //! requests are refused, as hyper would refuse them anyway.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Header blocks longer than this are refused (hyper refuses them too).
 const MAX_HEAD: usize = 64 << 10;
+/// Header fields in a block: hyper's default limit (more is its 431).
+const MAX_HEADERS: usize = 100;
 /// Chunk-size lines (with extensions) longer than this are refused.
 const MAX_CHUNK_LINE: usize = 16 << 10;
 
@@ -106,6 +109,9 @@ impl Framing {
                 let rest = &data[skip..];
                 let tail = &head[head.len().saturating_sub(2)..];
                 match block_end(tail, rest) {
+                    // The whole block came in this read (the usual case):
+                    // checked in place, nothing copied.
+                    Some(end) if head.is_empty() => (self.after_head(&rest[..end]), skip + end),
                     Some(end) => {
                         head.extend_from_slice(&rest[..end]);
                         (self.after_head(&head), skip + end)
@@ -187,9 +193,14 @@ impl Framing {
 
     /// What follows a complete header block.
     fn after_head(&mut self, head: &[u8]) -> State {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        // Uninitialised: nothing to fill on every request. As many fields
+        // as hyper accepts (its default, which the listener keeps).
+        let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        if !matches!(
+            req.parse_with_uninit_headers(head, &mut headers),
+            Ok(httparse::Status::Complete(_))
+        ) {
             // hyper refuses it too; whatever it makes of it, we refuse.
             return self.fail_closed();
         }
@@ -234,9 +245,8 @@ fn block_end(tail: &[u8], data: &[u8]) -> Option<usize> {
                 .and_then(|j| tail.get(j).copied()),
         }
     };
-    data.iter().enumerate().find_map(|(i, &b)| {
-        let blank = b == b'\n'
-            && (at(i, 1) == Some(b'\n') || (at(i, 1) == Some(b'\r') && at(i, 2) == Some(b'\n')));
+    memchr::memchr_iter(b'\n', data).find_map(|i| {
+        let blank = at(i, 1) == Some(b'\n') || (at(i, 1) == Some(b'\r') && at(i, 2) == Some(b'\n'));
         blank.then_some(i + 1)
     })
 }

@@ -23,6 +23,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// names. `Transfer-Encoding` is left to hyper, which owns message framing
 /// (it never forwards the field itself; it re-frames the body).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names (compares,
+    // no hashing) spares the removals below on every request and response.
+    let any = headers
+        .keys()
+        .any(|name| *name == header::TRANSFER_ENCODING || HOP_BY_HOP.iter().any(|hop| hop == name));
+    if !any {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

@@ -19,9 +19,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tiered_http::{Body, BoxError, CacheLayer, CacheService, Rule};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::{Layer, ServiceExt};
 
@@ -178,7 +179,6 @@ pub fn handle(
                 return res;
             }
         }
-        let started = Instant::now();
         // Counted as finished even if the client goes away mid-request
         // (the future is dropped): the in-flight gauge must not drift.
         let guard = InFlight::new(Arc::clone(&gateway));
@@ -193,7 +193,7 @@ pub fn handle(
         } else {
             forward(Arc::clone(&gateway), peer, req).await
         };
-        guard.finish(outcome, res.status().as_u16(), started.elapsed());
+        guard.finish(outcome, res.status().as_u16());
         res
     })
 }
@@ -213,9 +213,9 @@ impl InFlight {
         }
     }
 
-    fn finish(mut self, outcome: Outcome, status: u16, took: Duration) {
+    fn finish(mut self, outcome: Outcome, status: u16) {
         if let Some(gw) = self.gateway.take() {
-            gw.stats.finish(outcome, status, took);
+            gw.stats.finish(outcome, status, self.started.elapsed());
         }
     }
 }
@@ -318,17 +318,18 @@ fn error_response(e: &BoxError) -> Response<Body> {
     }
 }
 
-/// The HTTP/1.1 + HTTP/2 connection settings.
-fn http_builder() -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 + HTTP/2 connection settings (both listeners).
+pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         // A client gets 30 s to send its headers (slowloris), and 64 KiB
-        // for them.
+        // for them. The header count stays at hyper's default (100): setting
+        // any `max_headers` makes hyper allocate and fill its parse arrays
+        // on the heap for every request, instead of on the stack.
         .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(64 << 10)
-        .max_headers(128);
+        .max_buf_size(64 << 10);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -345,20 +346,8 @@ pub async fn run_listener(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = http_builder();
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
+    let graceful = GracefulShutdown::new();
+    accept_until(listener, &mut shutdown, |stream, peer| {
         let _ = stream.set_nodelay(true);
         let gw = Arc::clone(&gateway);
         let smuggled = Arc::new(AtomicBool::new(false));
@@ -367,25 +356,53 @@ pub async fn run_listener(
             let response = handle(Arc::clone(&gw), peer, Arc::clone(&smuggled), req);
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let conn = builder.serve_connection(io, service).into_owned();
-        let conn = graceful.watch(conn);
+        let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
-    }
-    drop(listener);
+    })
+    .await;
     gateway.ready.store(false, Ordering::Relaxed);
     let grace = gateway.config.shutdown_grace;
     tracing::info!(?grace, "shutting down: finishing in-flight requests");
-    match tokio::time::timeout(grace, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!(
+    if !finish(graceful, grace).await {
+        tracing::warn!(
             in_flight = gateway.stats.in_flight(),
             "shutdown grace period over; closing the remaining connections"
-        ),
+        );
     }
+}
+
+/// Hands each accepted connection to `serve` until `shutdown` fires; then
+/// drops the listener (new connections are refused).
+pub(crate) async fn accept_until(
+    listener: TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    mut serve: impl FnMut(TcpStream, SocketAddr),
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => serve(stream, peer),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// Waits up to `grace` for the watched connections to finish; false if some
+/// were still open (they are closed when dropped).
+pub(crate) async fn finish(graceful: GracefulShutdown, grace: Duration) -> bool {
+    tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_ok()
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -435,14 +452,33 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
 }
 
 /// Serves on bound listeners until `shutdown` fires (also used by `demo`).
+///
+/// Shutdown has two stages. First `/readyz` turns 503 while both listeners
+/// keep serving, for `drain_delay`: a load balancer polling it takes the
+/// instance out of rotation before any connection is refused. Then the
+/// listeners stop accepting and in-flight requests get `shutdown_grace`.
 pub async fn serve_on(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     admin: TcpListener,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let addr = listener.local_addr().ok();
     let admin_addr = admin.local_addr().ok();
+    let (stop_tx, stop) = watch::channel(false);
+    let draining = Arc::clone(&gateway);
+    tokio::spawn(async move {
+        // An error means the sender is gone: shut down as well.
+        let _ = shutdown.wait_for(|&stop| stop).await;
+        draining.ready.store(false, Ordering::Relaxed);
+        let delay = draining.config.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(?delay, "shutting down: /readyz says 503, still serving");
+            tokio::time::sleep(delay).await;
+        }
+        let _ = stop_tx.send(true);
+    });
+    let shutdown = stop;
     let admin_task = tokio::spawn(crate::admin::serve(
         Arc::clone(&gateway),
         admin,
@@ -457,14 +493,8 @@ pub async fn serve_on(
         "tiered is serving"
     );
     run_listener(Arc::clone(&gateway), listener, shutdown).await;
-    // The admin listener drains too, but a client holding an admin
-    // connection open must not keep the process alive past the grace period.
-    if tokio::time::timeout(gateway.config.shutdown_grace, admin_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("admin connections still open after the grace period; closing them");
-    }
+    // The admin listener drains concurrently, bounded by the same grace.
+    let _ = admin_task.await;
 }
 
 /// Reads a whole (small) body, for tests and the admin API.

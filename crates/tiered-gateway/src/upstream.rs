@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -135,28 +136,49 @@ impl tower::Service<Request<Body>> for Upstream {
             add_forwarded(headers, client, host);
             add_via(headers, version);
 
+            // The read timeout runs from the last byte of the request body
+            // sent (a long upload is not the origin being slow), and restarts
+            // with every chunk of it.
+            let progress = Arc::new(Progress::new());
+            if !req.body().is_end_stream() {
+                let (parts, body) = req.into_parts();
+                let body = Tracked {
+                    body,
+                    progress: Arc::clone(&progress),
+                };
+                req = Request::from_parts(parts, tiered_http::boxed_body(body));
+            }
             let started = Instant::now();
-            let res =
-                match tokio::time::timeout(inner.read_timeout, inner.client.request(req)).await {
+            let response = inner.client.request(req);
+            tokio::pin!(response);
+            let res = loop {
+                let deadline = progress.last() + inner.read_timeout;
+                match tokio::time::timeout_at(deadline, &mut response).await {
+                    Ok(res) => break res,
+                    // The upload moved on since the deadline was set.
+                    Err(_) if progress.last() + inner.read_timeout > deadline => continue,
                     Err(_) => {
                         inner.stats.origin_failed(OriginError::Timeout);
                         return Err(UpstreamError::Timeout(inner.read_timeout).into());
                     }
-                    // The client's body went over the limit while we sent
-                    // it: not the origin's fault (the listener answers 413).
-                    Ok(Err(e)) if is_body_too_large(&e) => {
-                        return Err(UpstreamError::Other(Box::new(e)).into());
-                    }
-                    Ok(Err(e)) if e.is_connect() => {
-                        inner.stats.origin_failed(OriginError::Connect);
-                        return Err(UpstreamError::Connect(Box::new(e)).into());
-                    }
-                    Ok(Err(e)) => {
-                        inner.stats.origin_failed(OriginError::Other);
-                        return Err(UpstreamError::Other(Box::new(e)).into());
-                    }
-                    Ok(Ok(res)) => res,
-                };
+                }
+            };
+            let res = match res {
+                // The client's body went over the limit while we sent
+                // it: not the origin's fault (the listener answers 413).
+                Err(e) if is_body_too_large(&e) => {
+                    return Err(UpstreamError::Other(Box::new(e)).into());
+                }
+                Err(e) if e.is_connect() => {
+                    inner.stats.origin_failed(OriginError::Connect);
+                    return Err(UpstreamError::Connect(Box::new(e)).into());
+                }
+                Err(e) => {
+                    inner.stats.origin_failed(OriginError::Other);
+                    return Err(UpstreamError::Other(Box::new(e)).into());
+                }
+                Ok(res) => res,
+            };
             inner.stats.origin_ok(started.elapsed());
             let (mut parts, body) = res.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -179,6 +201,65 @@ pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+/// When a request last made progress towards the origin.
+struct Progress {
+    start: tokio::time::Instant,
+    /// Nanoseconds after `start` of the last request body chunk sent.
+    last: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            start: tokio::time::Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that records each chunk (and its end) in `progress`.
+    struct Tracked<B> {
+        #[pin]
+        body: B,
+        progress: Arc<Progress>,
+    }
+}
+
+impl<B: HttpBody> HttpBody for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if polled.is_ready() {
+            this.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 pin_project_lite::pin_project! {

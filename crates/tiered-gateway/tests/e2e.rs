@@ -376,6 +376,73 @@ async fn sigterm_lets_in_flight_requests_finish() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn drain_delay_turns_readyz_503_while_still_serving() {
+    let origin = Origin::start(|_| respond(200, &[("cache-control", "no-store")], "served")).await;
+    let cfg = ConfigFile::new("[proxy]\ndrain_delay = \"3s\"\n");
+    let mut gw = Gateway::start(&origin.url(), &["--config", &cfg.path]).await;
+    signal(gw.pid(), "TERM");
+    let readyz = format!("http://{}/readyz", gw.admin);
+    until("/readyz to say 503", || {
+        let readyz = readyz.clone();
+        async move { get(&readyz, &[]).await.is_ok_and(|r| r.status() == 503) }
+    })
+    .await;
+    // Out of rotation, but still serving: both listeners accept.
+    assert!(gw.try_wait().is_none(), "exited during the drain delay");
+    let res = gw.get("/during-drain", &[]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.body().as_ref(), b"served");
+    let listener_readyz = gw.get("/readyz", &[]).await;
+    assert_eq!(listener_readyz.status(), 503);
+    let status = tokio::task::spawn_blocking(move || (gw.terminate(), gw))
+        .await
+        .unwrap();
+    assert!(
+        status.0.success(),
+        "{:?}: {}",
+        status.0,
+        status.1.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_read_timeout_starts_after_the_upload() {
+    let origin = Origin::start(|_| respond(200, &[("cache-control", "no-store")], "got it")).await;
+    let cfg = ConfigFile::new("[proxy]\nread_timeout = \"1s\"\n");
+    let gw = Gateway::start(&origin.url(), &["--config", &cfg.path]).await;
+    // An upload taking 2.5 s (a chunk every 500 ms) is longer than the read
+    // timeout but never idle for it: the origin answers, no 504.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        s.write_all(b"400\r\n").await.unwrap();
+        s.write_all(&[b'u'; 0x400]).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Once the upload is over, a silent origin gets the read timeout: 504.
+    let slow = send(
+        Method::POST,
+        &gw.url("/up"),
+        &[("x-test-delay-ms", "3000")],
+        Bytes::from_static(b"small"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(slow.status(), 504);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn origin_down_is_a_502_and_stale_if_error_serves_kept_copies() {
     let calls = counter();
     let origin = Origin::start(move |_| {

@@ -2,6 +2,7 @@
 //! markers, all as one value type so they share one [`tiered::Cache`] — and
 //! with it L1, L2, the backplane and tag invalidation.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +19,8 @@ pub struct HttpEntry(pub(crate) Kind);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Kind {
-    /// A stored response.
-    Response(Stored),
+    /// A stored response, shared: a hit hands out the `Arc`, not a copy.
+    Response(Arc<Stored>),
     /// The response at this URL varies on these (lower-case) fields; the
     /// variants live under variant keys.
     Vary(Vec<String>),
@@ -72,6 +73,12 @@ pub(crate) struct Stored {
     pub tags: Vec<String>,
     /// The fields the response varies on (lower-case, sorted).
     pub vary: Vec<String>,
+    /// `headers` as a map, built on first use: every hit starts from a clone
+    /// of it (reference counts, no parsing or hashing) instead of rebuilding
+    /// it from the lines. Not serialized; `headers` is never changed after
+    /// construction, so it cannot go out of date.
+    #[serde(skip)]
+    pub(crate) map: OnceLock<HeaderMap>,
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -113,22 +120,27 @@ impl Stored {
             no_cache: plan.no_cache,
             tags: Vec::new(),
             vary: Vec::new(),
+            map: OnceLock::new(),
         }
     }
 
     /// The stored headers as a map (invalid lines, which cannot come from
     /// `new` but could from a corrupted L2 value, are skipped).
     pub(crate) fn header_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.headers.len());
-        for (name, value) in &self.headers {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_maybe_shared(value.clone()),
-            ) {
-                map.append(n, v);
-            }
-        }
-        map
+        self.map
+            .get_or_init(|| {
+                let mut map = HeaderMap::with_capacity(self.headers.len());
+                for (name, value) in &self.headers {
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_maybe_shared(value.clone()),
+                    ) {
+                        map.append(n, v);
+                    }
+                }
+                map
+            })
+            .clone()
     }
 
     pub(crate) fn status(&self) -> StatusCode {

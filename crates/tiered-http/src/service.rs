@@ -329,7 +329,7 @@ impl Shared {
             return Lookup::Miss { vary: false };
         };
         match &entry.0 {
-            Kind::Response(s) if s.vary.is_empty() => Lookup::Found(Arc::new(s.clone())),
+            Kind::Response(s) if s.vary.is_empty() => Lookup::Found(Arc::clone(s)),
             Kind::Vary(names) => {
                 let names: Vec<HeaderName> = names
                     .iter()
@@ -338,7 +338,7 @@ impl Shared {
                 let variant = key::variant(primary, &names, headers);
                 match self.cache.get(&variant).await {
                     Ok(Some(v)) => match &v.0 {
-                        Kind::Response(s) => Lookup::Found(Arc::new(s.clone())),
+                        Kind::Response(s) => Lookup::Found(Arc::clone(s)),
                         _ => Lookup::Miss { vary: true },
                     },
                     _ => Lookup::Miss { vary: true },
@@ -606,7 +606,7 @@ impl Shared {
             .ttl(keep)
             .grace(Duration::ZERO)
             .tags(tags);
-        let entry = HttpEntry(Kind::Response((**stored).clone()));
+        let entry = HttpEntry(Kind::Response(Arc::clone(stored)));
         if vary.is_empty() {
             return self.cache.set_with(primary, entry, &opts).await.is_ok();
         }

@@ -44,7 +44,9 @@ pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-stat
 
 impl CacheStatus {
     fn render(&self, name: &str) -> String {
-        let mut s = name.to_owned();
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(64);
+        s.push_str(name);
         if self.hit {
             s.push_str("; hit");
         }
@@ -53,10 +55,10 @@ impl CacheStatus {
             s.push_str(fwd);
         }
         if let Some(status) = self.fwd_status {
-            s.push_str(&format!("; fwd-status={status}"));
+            let _ = write!(s, "; fwd-status={status}");
         }
         if let Some(ttl) = self.ttl {
-            s.push_str(&format!("; ttl={ttl}"));
+            let _ = write!(s, "; ttl={ttl}");
         }
         if self.stored {
             s.push_str("; stored");

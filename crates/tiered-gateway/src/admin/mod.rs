@@ -29,24 +29,47 @@ use tiered_http::PurgeMode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::Gateway;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tower::ServiceExt;
+
+use crate::server::{self, Gateway};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Serves the admin API until `shutdown` fires.
+/// Serves the admin API until `shutdown` fires, then gives open requests
+/// the shutdown grace period.
+///
+/// It runs on the same hyper connection settings as the client listener
+/// (rather than `axum::serve`) for their header-read timeout and header
+/// limits: a client that opens a connection and trickles its headers is
+/// cut off after 30 s instead of holding a connection forever.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let grace = gateway.config.shutdown_grace;
     let app = router(gateway);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "admin listener failed");
+    let builder = server::http_builder();
+    let graceful = GracefulShutdown::new();
+    server::accept_until(listener, &mut shutdown, |stream, peer| {
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req| app.clone().oneshot(req));
+        let conn = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "admin connection ended with an error");
+            }
+        });
+    })
+    .await;
+    if !server::finish(graceful, grace).await {
+        tracing::warn!("admin connections still open after the grace period; closing them");
     }
 }
 
