@@ -44,6 +44,8 @@ pub struct Gateway {
     pub prometheus: PrometheusHandle,
     /// False until listening, and again once shutdown began.
     pub ready: AtomicBool,
+    /// The last reading of the Redis server's size, and when it was taken.
+    pub(crate) l2_usage: parking_lot::Mutex<Option<(Instant, Option<tiered::l2::ServerUsage>)>>,
     upstream: Upstream,
     service: CacheService<Upstream>,
 }
@@ -127,6 +129,7 @@ impl Gateway {
             stats,
             prometheus,
             ready: AtomicBool::new(false),
+            l2_usage: parking_lot::Mutex::new(None),
             upstream,
             service,
         }))

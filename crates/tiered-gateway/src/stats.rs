@@ -13,6 +13,7 @@
 //! | `tiered_gateway_origin_errors_total` | counter | `kind` = `connect` / `timeout` / `other` |
 //! | `tiered_gateway_purges_total` | counter | `kind` = `url` / `key` / `tag` / `prefix` / `flush` |
 //! | `tiered_gateway_in_flight_requests` | gauge | — |
+//! | `tiered_gateway_redis_keys`, `tiered_gateway_redis_used_memory_bytes`, `tiered_gateway_redis_max_memory_bytes` | gauge | — (the whole Redis server, every master; set when `/stats` or `/metrics` is read, at most every 2 s) |
 //!
 //! The engine's own series (`tiered_cache_*`, `cache="http"`) come along: L1
 //! and L2 hits, evictions, sizes, the breaker.

@@ -484,7 +484,7 @@ async fn origin_down_is_a_502_and_stale_if_error_serves_kept_copies() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_share_redis_and_purge_by_tag() {
     let redis = tiered_testkit::redis::RedisServer::start();
-    two_instances_share(&redis.url()).await;
+    two_instances_share(&redis.url(), 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -495,10 +495,10 @@ async fn two_instances_share_a_redis_cluster_and_purge_by_tag() {
         .iter()
         .map(|u| u.trim_start_matches("redis://").to_owned())
         .collect();
-    two_instances_share(&format!("redis+cluster://{}", seeds.join(","))).await;
+    two_instances_share(&format!("redis+cluster://{}", seeds.join(",")), 3).await;
 }
 
-async fn two_instances_share(redis: &str) {
+async fn two_instances_share(redis: &str, masters: u64) {
     let (origin, fetches) = counting_origin().await;
     let a = Gateway::start(&origin.url(), &["--redis", redis]).await;
     let b = Gateway::start(&origin.url(), &["--redis", redis]).await;
@@ -519,6 +519,24 @@ async fn two_instances_share(redis: &str) {
     assert!(
         stats["tiers"]["l2"]["hits"].as_u64().unwrap() >= 1,
         "{stats}"
+    );
+    // The Redis server's size: every master, holding at least the entry.
+    let server = &stats["tiers"]["l2"]["server"];
+    assert_eq!(server["nodes"].as_u64(), Some(masters), "{stats}");
+    assert!(server["keys"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(server["used_memory"].as_u64().unwrap() > 0, "{stats}");
+    let metrics = send(
+        Method::GET,
+        &format!("http://{}/metrics", b.admin),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(metrics.body());
+    assert!(
+        text.contains("tiered_gateway_redis_used_memory_bytes"),
+        "{text}"
     );
 
     assert_eq!(

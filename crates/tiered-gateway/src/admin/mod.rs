@@ -16,6 +16,7 @@
 //! configured the configuration only allows a loopback listener.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
@@ -208,6 +209,49 @@ struct TierL2 {
     writes: u64,
     pending: u64,
     breaker: &'static str,
+    /// The Redis server behind L2 (all of it, not only this cache's keys);
+    /// `null` while it cannot be asked.
+    server: Option<RedisServer>,
+}
+
+#[derive(Serialize)]
+struct RedisServer {
+    keys: u64,
+    used_memory: u64,
+    /// 0: no `maxmemory` limit.
+    max_memory: u64,
+    nodes: u32,
+}
+
+/// How long a Redis size reading is reused: every `/stats` or `/metrics`
+/// poll would otherwise cost two commands per master.
+const SERVER_USAGE_EVERY: Duration = Duration::from_secs(2);
+
+/// The Redis server's size, asked at most every [`SERVER_USAGE_EVERY`]
+/// (through the L2 breaker and timeout: an unreachable Redis costs nothing
+/// and gives `None`). Also sets the `tiered_gateway_redis_*` gauges.
+async fn server_usage(gw: &Gateway) -> Option<RedisServer> {
+    gw.config.redis.as_ref()?;
+    let cached = *gw.l2_usage.lock();
+    let usage = match cached {
+        Some((at, usage)) if at.elapsed() < SERVER_USAGE_EVERY => usage,
+        _ => {
+            let usage = gw.layer.cache().l2_server_usage().await.ok();
+            *gw.l2_usage.lock() = Some((Instant::now(), usage));
+            if let Some(u) = usage {
+                metrics::gauge!("tiered_gateway_redis_keys").set(u.keys as f64);
+                metrics::gauge!("tiered_gateway_redis_used_memory_bytes").set(u.used_memory as f64);
+                metrics::gauge!("tiered_gateway_redis_max_memory_bytes").set(u.max_memory as f64);
+            }
+            usage
+        }
+    }?;
+    Some(RedisServer {
+        keys: usage.keys,
+        used_memory: usage.used_memory,
+        max_memory: usage.max_memory,
+        nodes: usage.nodes,
+    })
 }
 
 #[derive(Serialize)]
@@ -239,7 +283,7 @@ struct StatsBody {
     top_keys: Vec<TopKey>,
 }
 
-fn stats_body(gw: &Gateway) -> StatsBody {
+fn stats_body(gw: &Gateway, server: Option<RedisServer>) -> StatsBody {
     let engine = gw.layer.cache().stats();
     let http = gw.layer.stats();
     StatsBody {
@@ -272,6 +316,7 @@ fn stats_body(gw: &Gateway) -> StatsBody {
                     tiered::l2::BreakerState::Open => "open",
                     _ => "unknown",
                 },
+                server,
             }),
         },
         top_keys: gw
@@ -290,15 +335,22 @@ async fn stats(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(res) = authorize(&gw, &Method::GET, &headers) {
         return res;
     }
-    ([(header::CACHE_CONTROL, "no-store")], Json(stats_body(&gw))).into_response()
+    let server = server_usage(&gw).await;
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(stats_body(&gw, server)),
+    )
+        .into_response()
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(res) = authorize(&gw, &Method::GET, &headers) {
         return res;
     }
-    // Refreshes the engine's gauges (entries, bytes, breaker) first.
+    // Refreshes the engine's gauges (entries, bytes, breaker) and the
+    // Redis size gauges first.
     let _ = gw.layer.cache().stats();
+    let _ = server_usage(&gw).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         gw.prometheus.render(),

@@ -200,6 +200,27 @@ pub trait L2: Send + Sync + 'static {
 
     /// A cheap round trip (the breaker's probe).
     fn ping(&self) -> L2Future<'_, ()>;
+
+    /// How full the server is, for dashboards. Defaults to "unsupported".
+    fn server_usage(&self) -> L2Future<'_, ServerUsage> {
+        unsupported()
+    }
+}
+
+/// The size of the Redis behind an L2 ([`crate::Cache::l2_server_usage`]):
+/// the whole server (every master of a Cluster), not only this cache's keys,
+/// which Redis cannot count without walking the keyspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerUsage {
+    /// Keys in the database (`DBSIZE`, summed over masters).
+    pub keys: u64,
+    /// Memory Redis has allocated (`INFO memory` `used_memory`, summed).
+    pub used_memory: u64,
+    /// `maxmemory`, summed over masters; 0 when any master has no limit.
+    pub max_memory: u64,
+    /// The nodes counted.
+    pub nodes: u32,
 }
 
 fn unsupported<'a, T: Send + 'a>() -> L2Future<'a, T> {

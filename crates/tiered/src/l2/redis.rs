@@ -22,7 +22,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Script, TlsCertificates, Value as RValue};
 use tokio::sync::OnceCell;
 
-use super::{L2Error, L2Future, L2Write, L2};
+use super::{L2Error, L2Future, L2Write, ServerUsage, L2};
 use crate::error::{Error, Result};
 
 /// Byte-wise "a < b" for two 8-byte big-endian versions. (Lua's `<` on strings
@@ -639,6 +639,50 @@ impl L2 for RedisL2 {
                     .await
                 }
             }
+        })
+    }
+
+    fn server_usage(&self) -> L2Future<'_, ServerUsage> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("DBSIZE").cmd("INFO").arg("memory");
+            let replies: Vec<(u64, String)> = match self.conn().await? {
+                Conn::Cluster(mut cluster) => {
+                    let mut out = Vec::new();
+                    for (host, port) in masters(&mut cluster).await? {
+                        let route = SingleNodeRoutingInfo::ByAddress { host, port };
+                        let reply = cluster
+                            .route_pipeline(pipe.clone(), 0, 2, route)
+                            .await
+                            .map_err(backend)?;
+                        out.push(redis::from_redis_value(RValue::Array(reply)).map_err(|e| {
+                            L2Error::Command(format!("unexpected DBSIZE/INFO reply: {e}"))
+                        })?);
+                    }
+                    out
+                }
+                mut conn => vec![pipe.query_async(&mut conn).await.map_err(backend)?],
+            };
+            let mut usage = ServerUsage::default();
+            let mut unlimited = false;
+            for (keys, info) in replies {
+                let field = |name: &str| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                usage.keys += keys;
+                usage.used_memory += field("used_memory").unwrap_or(0);
+                match field("maxmemory") {
+                    Some(0) | None => unlimited = true,
+                    Some(max) => usage.max_memory += max,
+                }
+                usage.nodes += 1;
+            }
+            if unlimited {
+                usage.max_memory = 0;
+            }
+            Ok(usage)
         })
     }
 

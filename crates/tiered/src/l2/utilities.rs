@@ -53,6 +53,18 @@ impl<V: Value> Cache<V> {
             .ok_or(Error::L2(L2Error::NotConfigured))
     }
 
+    /// How full the Redis behind L2 is: keys and memory of the whole server
+    /// (every master of a Cluster). For dashboards; two small commands per
+    /// node, so poll it every few seconds, not per request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::L2`] when L2 is missing or unreachable.
+    pub async fn l2_server_usage(&self) -> Result<super::ServerUsage> {
+        let l2 = self.l2()?;
+        Ok(l2.direct(l2.backend().server_usage()).await?)
+    }
+
     /// Adds `by` to the counter `key` and returns the new value. A counter
     /// created by this call expires after `ttl`; later calls do not extend it —
     /// a fixed-window rate limit: `if cache.incr(&ip, 1, minute).await? > 100 { reject }`.
