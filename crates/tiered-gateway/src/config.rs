@@ -128,8 +128,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Upstream TCP connect timeout.
     pub connect_timeout: Duration,
-    /// Time allowed for the origin's response headers, and between two
-    /// chunks of its body.
+    /// Time allowed for the origin's response headers (counted from the
+    /// last chunk of the request body sent: a client whose upload stalls
+    /// that long gets a 408), and between two chunks of the response body.
     pub read_timeout: Duration,
     /// Largest request body accepted (413 above it).
     pub max_request_body: u64,

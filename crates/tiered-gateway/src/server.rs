@@ -314,6 +314,9 @@ fn error_response(e: &BoxError) -> Response<Body> {
             tracing::warn!(error = %e, "origin timeout");
             text(StatusCode::GATEWAY_TIMEOUT, "origin timeout\n")
         }
+        Some(UpstreamError::ClientTimeout(_)) => {
+            text(StatusCode::REQUEST_TIMEOUT, "request body timeout\n")
+        }
         _ => {
             tracing::warn!(error = %e, "origin error");
             text(StatusCode::BAD_GATEWAY, "origin unavailable\n")
@@ -401,7 +404,7 @@ pub(crate) async fn accept_until(
 }
 
 /// Waits up to `grace` for the watched connections to finish; false if some
-/// were still open (they are closed when dropped).
+/// were still open (their tasks end with the runtime, when `serve` returns).
 pub(crate) async fn finish(graceful: GracefulShutdown, grace: Duration) -> bool {
     tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -468,6 +471,9 @@ pub async fn serve_on(
 ) {
     let addr = listener.local_addr().ok();
     let admin_addr = admin.local_addr().ok();
+    // Ready before the drain task exists: a shutdown that already fired
+    // must find it set, and clear it.
+    gateway.ready.store(true, Ordering::Relaxed);
     let (stop_tx, stop) = watch::channel(false);
     let draining = Arc::clone(&gateway);
     tokio::spawn(async move {
@@ -487,7 +493,6 @@ pub async fn serve_on(
         admin,
         shutdown.clone(),
     ));
-    gateway.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         listen = ?addr,
         admin = ?admin_addr,

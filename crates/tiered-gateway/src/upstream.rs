@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,6 +35,10 @@ pub enum UpstreamError {
     /// The origin did not answer (or send the next body chunk) in time (504).
     #[error("the origin did not answer within {0:?}")]
     Timeout(Duration),
+    /// The client stopped sending its request body for the read timeout
+    /// (408; not the origin's fault).
+    #[error("the client sent no request body for {0:?}")]
+    ClientTimeout(Duration),
     /// The origin could not be reached (502).
     #[error("cannot connect to the origin: {0}")]
     Connect(#[source] BoxError),
@@ -139,7 +143,7 @@ impl tower::Service<Request<Body>> for Upstream {
             // The read timeout runs from the last byte of the request body
             // sent (a long upload is not the origin being slow), and restarts
             // with every chunk of it.
-            let progress = Arc::new(Progress::new());
+            let progress = Arc::new(Progress::new(req.body().is_end_stream()));
             if !req.body().is_end_stream() {
                 let (parts, body) = req.into_parts();
                 let body = Tracked {
@@ -152,11 +156,14 @@ impl tower::Service<Request<Body>> for Upstream {
             let response = inner.client.request(req);
             tokio::pin!(response);
             let res = loop {
-                let deadline = progress.last() + inner.read_timeout;
+                let deadline = after(progress.last(), inner.read_timeout);
                 match tokio::time::timeout_at(deadline, &mut response).await {
                     Ok(res) => break res,
                     // The upload moved on since the deadline was set.
-                    Err(_) if progress.last() + inner.read_timeout > deadline => continue,
+                    Err(_) if after(progress.last(), inner.read_timeout) > deadline => continue,
+                    Err(_) if !progress.is_done() => {
+                        return Err(UpstreamError::ClientTimeout(inner.read_timeout).into());
+                    }
                     Err(_) => {
                         inner.stats.origin_failed(OriginError::Timeout);
                         return Err(UpstreamError::Timeout(inner.read_timeout).into());
@@ -203,28 +210,45 @@ pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// `t + d`, or a time decades away if that overflows (a configured timeout
+/// of `u64::MAX` seconds means "never", not a panic).
+fn after(t: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(30 * 365 * 86400))
+}
+
 /// When a request last made progress towards the origin.
 struct Progress {
     start: tokio::time::Instant,
     /// Nanoseconds after `start` of the last request body chunk sent.
     last: AtomicU64,
+    /// The whole request body has been sent.
+    done: AtomicBool,
 }
 
 impl Progress {
-    fn new() -> Self {
+    fn new(done: bool) -> Self {
         Progress {
             start: tokio::time::Instant::now(),
             last: AtomicU64::new(0),
+            done: AtomicBool::new(done),
         }
     }
 
-    fn touch(&self) {
+    fn touch(&self, done: bool) {
         let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last.fetch_max(nanos, Ordering::Relaxed);
+        if done {
+            self.done.store(true, Ordering::Relaxed);
+        }
     }
 
     fn last(&self) -> tokio::time::Instant {
         self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
     }
 }
 
@@ -245,10 +269,11 @@ impl<B: HttpBody> HttpBody for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
-        if polled.is_ready() {
-            this.progress.touch();
+        let mut this = self.project();
+        let polled = this.body.as_mut().poll_frame(cx);
+        if let Poll::Ready(frame) = &polled {
+            let done = !matches!(frame, Some(Ok(_))) || this.body.is_end_stream();
+            this.progress.touch(done);
         }
         polled
     }
@@ -301,8 +326,8 @@ where
         let this = self.project();
         match this.body.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.sleep.reset(deadline);
+                this.sleep
+                    .reset(after(tokio::time::Instant::now(), *this.idle));
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),

@@ -378,7 +378,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_delay_turns_readyz_503_while_still_serving() {
     let origin = Origin::start(|_| respond(200, &[("cache-control", "no-store")], "served")).await;
-    let cfg = ConfigFile::new("[proxy]\ndrain_delay = \"3s\"\n");
+    let cfg = ConfigFile::new("[proxy]\ndrain_delay = \"6s\"\n");
     let mut gw = Gateway::start(&origin.url(), &["--config", &cfg.path]).await;
     signal(gw.pid(), "TERM");
     let readyz = format!("http://{}/readyz", gw.admin);
@@ -430,6 +430,20 @@ async fn the_read_timeout_starts_after_the_upload() {
         .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // An upload that stops for the read timeout is the client's fault: 408,
+    // not counted as an origin error.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let stats = gw.stats().await;
+    assert_eq!(stats["origin"]["errors"].as_u64(), Some(0), "{stats}");
     // Once the upload is over, a silent origin gets the read timeout: 504.
     let slow = send(
         Method::POST,

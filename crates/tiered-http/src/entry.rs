@@ -37,7 +37,10 @@ impl HttpEntry {
                 s.body.len()
                     + s.headers
                         .iter()
-                        .map(|(k, v)| k.len() + v.len() + 16)
+                        // The line itself, plus its share of the header map
+                        // built on the first hit (bucket, index, name and
+                        // value handles: ~100 bytes on 64-bit).
+                        .map(|(k, v)| k.len() + v.len() + 16 + 100)
                         .sum::<usize>()
                     + s.tags.iter().map(|t| t.len() + 24).sum::<usize>()
                     + 128

@@ -43,8 +43,8 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 ///
 /// It runs on the same hyper connection settings as the client listener
 /// (rather than `axum::serve`) for their header-read timeout and header
-/// limits: a client that opens a connection and trickles its headers is
-/// cut off after 30 s instead of holding a connection forever.
+/// limits: an HTTP/1 client that opens a connection and trickles its
+/// headers is cut off after 30 s instead of holding a connection forever.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,

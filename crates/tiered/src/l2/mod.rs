@@ -213,7 +213,8 @@ pub trait L2: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerUsage {
-    /// Keys in the database (`DBSIZE`, summed over masters).
+    /// Keys in the selected database (`DBSIZE`; a Cluster has only db 0),
+    /// summed over masters.
     pub keys: u64,
     /// Memory Redis has allocated (`INFO memory` `used_memory`, summed).
     pub used_memory: u64,

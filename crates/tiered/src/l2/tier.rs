@@ -538,15 +538,22 @@ impl Tier {
     /// namespace takes a while, and the breaker is not involved.
     pub(crate) async fn remove_matching(&self, pattern: &str) -> Result<u64, L2Error> {
         let redis_pattern = self.layout.entry(pattern);
-        let limit = Duration::from_secs(60);
         let walk = self.backend.delete_matching(&redis_pattern);
-        match crate::load::sleep_until(tokio::time::Instant::now() + limit) {
-            Some(sleep) => match futures_util::future::select(walk, std::pin::pin!(sleep)).await {
-                Either::Left((result, _)) => result,
-                Either::Right(_) => Err(L2Error::Timeout(limit)),
-            },
-            None => walk.await,
+        within(Duration::from_secs(60), walk).await
+    }
+
+    /// Runs a call about L2 itself (its size, for dashboards) with the L2
+    /// timeout but outside the breaker's accounting: a dashboard polling a
+    /// struggling Redis must not be what opens the breaker. An open breaker
+    /// still short-cuts it.
+    pub(crate) async fn observe<T>(
+        &self,
+        f: impl Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, L2Error> {
+        if self.breaker.state() == BreakerState::Open {
+            return Err(L2Error::BreakerOpen);
         }
+        within(self.timeout, f).await
     }
 
     /// Deletes `key` if it still holds `version` (undoing a write that lost a
@@ -702,4 +709,21 @@ async fn batch_reads(tier: Weak<Tier>, mut queue: mpsc::UnboundedReceiver<ReadRe
 
 fn stopped() -> L2Error {
     L2Error::Backend("the read batcher stopped".into())
+}
+
+/// `f`, or [`L2Error::Timeout`] after `limit` (no limit when timers are
+/// disabled).
+async fn within<T>(
+    limit: Duration,
+    f: impl Future<Output = Result<T, L2Error>>,
+) -> Result<T, L2Error> {
+    match crate::load::sleep_until(tokio::time::Instant::now() + limit) {
+        Some(sleep) => {
+            match futures_util::future::select(std::pin::pin!(f), std::pin::pin!(sleep)).await {
+                Either::Left((result, _)) => result,
+                Either::Right(_) => Err(L2Error::Timeout(limit)),
+            }
+        }
+        None => f.await,
+    }
 }

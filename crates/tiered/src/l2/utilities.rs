@@ -62,7 +62,7 @@ impl<V: Value> Cache<V> {
     /// [`Error::L2`] when L2 is missing or unreachable.
     pub async fn l2_server_usage(&self) -> Result<super::ServerUsage> {
         let l2 = self.l2()?;
-        Ok(l2.direct(l2.backend().server_usage()).await?)
+        Ok(l2.observe(l2.backend().server_usage()).await?)
     }
 
     /// Adds `by` to the counter `key` and returns the new value. A counter
