@@ -284,6 +284,17 @@ parse_wrk() {
 
 # run_wrk KIND TARGET SIZE ROUND CONNECTIONS URL [MISS_PREFIX]
 # With MISS_PREFIX, wrk runs miss.lua: every request is a new URL (see miss.lua).
+# cpu_ticks CPU: "busy total" jiffies of one CPU so far (/proc/stat).
+cpu_ticks() {
+    awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
+}
+
+# busy_pct "BUSY0 TOTAL0" "BUSY1 TOTAL1": the CPU's busy share in between, in %.
+busy_pct() {
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        t = y[2] - x[2]; if (t <= 0) print "nan"; else printf "%.1f", 100 * (y[1] - x[1]) / t }'
+}
+
 run_wrk() {
     local kind=$1 target=$2 size=$3 round=$4 conns=$5 url=$6 prefix=${7:-}
     local out="$WORK/wrk/$kind-$target-$size-r$round.txt"
@@ -300,9 +311,13 @@ run_wrk() {
     shown="$shown    # $kind, $target"
     grep -qxF -- "$shown" "$CMDS" || printf '%s\n' "$shown" >>"$CMDS"
 
-    local before after served
+    local before after served proxy0 load0 proxy_busy load_busy
     before=$(origin_requests)
+    proxy0=$(cpu_ticks "$PROXY_CPU")
+    load0=$(cpu_ticks "$LOAD_CPU")
     "${cmd[@]}" >"$out" 2>&1 || die "wrk failed ($kind $target $size): $(cat "$out")"
+    proxy_busy=$(busy_pct "$proxy0" "$(cpu_ticks "$PROXY_CPU")")
+    load_busy=$(busy_pct "$load0" "$(cpu_ticks "$LOAD_CPU")")
     after=$(origin_requests)
     served=$((after - before - 1))
 
@@ -321,11 +336,11 @@ run_wrk() {
         ((served * 100 >= n * 99)) ||
             die "$target sent only $served of $n requests to the origin during the MISS run: some were hits"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$target" "$size" "$round" "$rps" "$p50" "$p99" >>"$RES"
-    log "$kind $target $size round $round: $rps req/s, p50 $p50 ms, p99 $p99 ms (origin saw $served)"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$target" "$size" "$round" "$rps" "$p50" "$p99" "$proxy_busy" "$load_busy" >>"$RES"
+    log "$kind $target $size round $round: $rps req/s, p50 $p50 ms, p99 $p99 ms, CPU busy: proxy core $proxy_busy%, wrk core $load_busy% (origin saw $served)"
 }
 
-# median KIND TARGET SIZE COLUMN(5=rps 6=p50 7=p99)
+# median KIND TARGET SIZE COLUMN(5=rps 6=p50 7=p99 8=proxy core busy % 9=wrk core busy %)
 median() {
     awk -F'\t' -v k="$1" -v t="$2" -v s="$3" -v c="$4" '$1 == k && $2 == t && $3 == s { print $c }' "$RES" |
         sort -g |
@@ -397,19 +412,31 @@ fmt() { awk -v v="$1" -v f="$2" 'BEGIN { if (v == "nan") print "-"; else printf 
     echo
     echo "## Cache hits ($CONNECTIONS connections, $THREADS wrk thread(s))"
     echo
-    echo "| proxy | body | req/s | p50 ms | p99 ms | tiered req/s ÷ this |"
-    echo "|---|---|---:|---:|---:|---:|"
+    echo "| proxy | body | req/s | p50 ms | p99 ms | tiered req/s ÷ this | proxy core busy | wrk core busy | req/s per proxy core | tiered per core ÷ this |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.2f", a / b }'; }
+    # req/s per second of the proxy core's CPU time: the proxy's efficiency,
+    # which still tells proxies apart when wrk's core is the bottleneck.
+    per_core() { awk -v r="$1" -v b="$2" 'BEGIN { if (r == "nan" || b == "nan" || b == 0) print "nan"; else print r * 100 / b }'; }
     for s in "${SIZES[@]}"; do
-        t_rps=nan
-        has_proxy tiered && t_rps=$(median hit tiered "$s" 5)
+        t_rps=nan t_core=nan
+        if has_proxy tiered; then
+            t_rps=$(median hit tiered "$s" 5)
+            t_core=$(per_core "$t_rps" "$(median hit tiered "$s" 8)")
+        fi
         for p in "${PROXY_LIST[@]}"; do
             rps=$(median hit "$p" "$s" 5)
-            ratio=$(awk -v a="$t_rps" -v b="$rps" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.2f", a / b }')
+            busy=$(median hit "$p" "$s" 8)
+            core=$(per_core "$rps" "$busy")
             name=$p
             [[ $p == tiered ]] && name="**tiered**"
-            echo "| $name | $s | $(fmt "$rps" %.0f) | $(fmt "$(median hit "$p" "$s" 6)" %.3f) | $(fmt "$(median hit "$p" "$s" 7)" %.3f) | $ratio |"
+            echo "| $name | $s | $(fmt "$rps" %.0f) | $(fmt "$(median hit "$p" "$s" 6)" %.3f) | $(fmt "$(median hit "$p" "$s" 7)" %.3f) | $(ratio "$t_rps" "$rps") | $(fmt "$busy" %.1f)% | $(fmt "$(median hit "$p" "$s" 9)" %.1f)% | $(fmt "$core" %.0f) | $(ratio "$t_core" "$core") |"
         done
     done
+    echo
+    echo "Busy: the share of each core's time not idle during the run (/proc/stat; the proxy is"
+    echo "alone on its core, wrk and the origin share the other). When the wrk core is near 100%,"
+    echo "req/s measures wrk as much as the proxy, and req/s per proxy core is the fairer comparison."
     echo
     echo "## Cache misses (1 KB, a new URL per request, $MISS_CONNECTIONS connection(s))"
     echo
