@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
-use tiered::write::{StoreErrorKind, StreamOptions, WriteError, WriteOptions, Writer};
+use tiered::write::{
+    Store, StoreErrorKind, StoreFuture, StoreWrite, StreamOptions, WriteError, WriteOptions, Writer,
+};
 use tiered::{Cache, Options, RedisL2};
 use tiered_postgres::{PgStore, Stored};
 use tiered_testkit::postgres::PostgresServer;
@@ -284,6 +286,80 @@ async fn a_poison_record_is_dead_lettered_without_blocking_other_keys() {
     assert_eq!(dead.len(), 1);
     assert!(writer.drop_dead_letter(&dead[0].id).await.unwrap());
     assert!(writer.dead_letters().await.unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The real store, except that a batch holding the value "panic" panics
+/// while building its future, and one holding "panic-later" while running
+/// it (bugs in a user's `Store`).
+struct PanicsOnOne(PgStore<String>);
+
+impl Store<String> for PanicsOnOne {
+    fn apply<'a>(&'a self, batch: &'a [StoreWrite<String>]) -> StoreFuture<'a> {
+        let has = |v: &str| {
+            batch
+                .iter()
+                .any(|w| w.value.as_deref().map(String::as_str) == Some(v))
+        };
+        if has("panic") {
+            panic!("a bug in the store");
+        }
+        if has("panic-later") {
+            return Box::pin(async { panic!("a bug in the store, later") });
+        }
+        self.0.apply(batch)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_panics_dead_letters_that_write_and_the_flusher_goes_on() {
+    let (_pg, store) = database().await;
+    let dir = wal_dir("panic");
+    let writer = Writer::builder(cache(), PanicsOnOne(store.clone()))
+        .wal(&dir)
+        .max_attempts(2)
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    writer.set_behind("boom", "panic".into()).await.unwrap();
+    writer
+        .set_behind("boom2", "panic-later".into())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        writer
+            .set_behind(&format!("k{i}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    assert!(writer.flush(WAIT).await, "the flusher is still running");
+    assert_eq!(
+        store.dump().await.unwrap().len(),
+        20,
+        "every good key landed"
+    );
+    let mut dead = writer.dead_letters().await.unwrap();
+    dead.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(
+        (dead[0].key.as_str(), dead[1].key.as_str()),
+        ("boom", "boom2")
+    );
+    assert!(
+        dead[0].reason.contains("a bug in the store"),
+        "{}",
+        dead[0].reason
+    );
+    assert!(
+        dead[1].reason.contains("a bug in the store, later"),
+        "{}",
+        dead[1].reason
+    );
+    // And it keeps flushing afterwards.
+    writer.set_behind("later", "fine".into()).await.unwrap();
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(value(&store, "later").await.as_deref(), Some("fine"));
     let _ = std::fs::remove_dir_all(dir);
 }
 

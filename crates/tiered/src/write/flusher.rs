@@ -27,10 +27,12 @@
 //! invalidated (see [`crate::write`]).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -100,8 +102,11 @@ impl<V: Value> Flusher<V> {
                     Ok(taken) => self.hold(&mut held, taken),
                     Err(e) => {
                         tracing::warn!(error = %e, "write-behind: cannot read the queue");
-                        self.pause(backoff(&self.config, 1)).await;
-                        continue;
+                        // What is already held can still go to the store.
+                        if held.is_empty() {
+                            self.pause(backoff(&self.config, 1)).await;
+                            continue;
+                        }
                     }
                 }
             }
@@ -248,14 +253,27 @@ impl<V: Value> Flusher<V> {
     async fn apply(&self, writes: &[StoreWrite<V>]) -> Result<(), StoreError> {
         let started = Instant::now();
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::time::timeout(self.config.store_timeout, self.store.apply(writes))
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::unavailable(format!(
-                    "no answer within {:?}",
-                    self.config.store_timeout
-                )))
-            });
+        // A panicking store is a refused batch, not a dead flusher: the batch
+        // is retried write by write, and the write that panics ends in the
+        // dead-letter queue like any other refused one.
+        // (Both where `apply` builds its future and where the future runs.)
+        let call = async {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.store.apply(writes))) {
+                Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+                Err(panic) => Err(panic),
+            }
+        };
+        let result = match tokio::time::timeout(self.config.store_timeout, call).await {
+            Err(_) => Err(StoreError::unavailable(format!(
+                "no answer within {:?}",
+                self.config.store_timeout
+            ))),
+            Ok(Err(panic)) => Err(StoreError::rejected(format!(
+                "the store panicked: {}",
+                panic_message(panic.as_ref())
+            ))),
+            Ok(Ok(result)) => result,
+        };
         self.counters.flush_took(started.elapsed());
         result
     }
@@ -333,6 +351,15 @@ impl<V: Value> Flusher<V> {
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// The text of a panic payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 fn decode<V: Value>(record: &Record) -> Result<StoreWrite<V>, String> {

@@ -85,8 +85,11 @@
 //! * A record the store refuses for good is dead-lettered and its key removed
 //!   from the cache; older writes it had superseded are dead with it (the
 //!   store keeps what it had before them).
-//! * A panic in the store or in decoding a value stops the flusher; writes
-//!   are still acknowledged (and stay durable) until the queue is full.
+//! * A panic in [`Store::apply`] counts as a refusal: the batch is retried
+//!   write by write and the write that panics is dead-lettered after
+//!   `max_attempts`. A panic anywhere else in the flusher (decoding a value,
+//!   a queue implementation) stops it; writes are still acknowledged (and
+//!   stay durable) until the queue is full.
 
 pub mod flusher;
 mod queue;

@@ -330,15 +330,23 @@ impl Queue for StreamQueue {
 
     fn confirm(&self, ids: Vec<u64>) -> QueueFuture<'_, ()> {
         Box::pin(async move {
+            // The local ids go only once `XACK` succeeded: a confirm that
+            // failed can be made again.
             let stream_ids: Vec<String> = {
-                let mut map = self.ids.lock();
-                ids.iter().filter_map(|id| map.remove(id)).collect()
+                let map = self.ids.lock();
+                ids.iter().filter_map(|id| map.get(id).cloned()).collect()
             };
             if stream_ids.is_empty() {
                 return Ok(());
             }
             let mut conn = self.conn().await?;
             self.ack(&mut conn, &stream_ids).await?;
+            {
+                let mut map = self.ids.lock();
+                for id in &ids {
+                    map.remove(id);
+                }
+            }
             let _ = self
                 .depth
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {

@@ -229,7 +229,7 @@ impl Wal {
 
     /// Deletes confirmed segments and moves the checkpoint forward.
     fn advance(&self) {
-        let (watermark, doomed) = {
+        let (watermark, previous, doomed) = {
             let mut state = self.state.lock();
             let low = [
                 state.outstanding.first().copied(),
@@ -244,19 +244,30 @@ impl Wal {
             if watermark <= state.checkpoint {
                 return;
             }
-            state.checkpoint = watermark;
+            let previous = std::mem::replace(&mut state.checkpoint, watermark);
             let mut doomed = Vec::new();
             while state.segments.len() > 1 && state.segments[1].0 <= watermark + 1 {
-                doomed.push(state.segments.remove(0).1);
+                doomed.push(state.segments.remove(0));
             }
-            (watermark, doomed)
+            (watermark, previous, doomed)
         };
         // Checkpoint first: a crash between the two leaves segments that are
         // skipped on recovery, never a checkpoint pointing past live records.
+        // If it cannot be written, nothing is deleted and the next call
+        // tries again.
         if let Err(e) = write_checkpoint(&self.dir, watermark) {
             tracing::warn!(error = %e, "write-ahead log: cannot write the checkpoint");
+            let mut state = self.state.lock();
+            if state.checkpoint == watermark {
+                state.checkpoint = previous;
+            }
+            // They were the oldest: back at the front, in order.
+            for segment in doomed.into_iter().rev() {
+                state.segments.insert(0, segment);
+            }
+            return;
         }
-        for path in doomed {
+        for (_, path) in doomed {
             if let Err(e) = fs::remove_file(&path) {
                 tracing::warn!(segment = %path.display(), error = %e, "write-ahead log: cannot delete a confirmed segment");
             }
