@@ -14,6 +14,17 @@ use http::Method;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// What the gateway answered on a raw connection: its first read (the
+/// status line and headers), waiting up to 10 s.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 /// An origin with a cacheable, tagged, ETagged resource whose body counts
 /// the origin's fetches, answering `If-None-Match` with 304.
 async fn counting_origin() -> (Origin, Arc<AtomicUsize>) {
@@ -244,12 +255,7 @@ async fn proxy_headers_limits_and_framing() {
         async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(request.as_bytes()).await.unwrap();
-            let mut buf = vec![0u8; 512];
-            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
+            read_head(&mut s).await
         }
     };
     let before = origin.count();
@@ -423,12 +429,7 @@ async fn the_read_timeout_starts_after_the_upload() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     s.write_all(b"0\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
+    let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // An upload that stops for the read timeout is the client's fault: 408,
     // not counted as an origin error.
@@ -436,11 +437,7 @@ async fn the_read_timeout_starts_after_the_upload() {
     s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n")
         .await
         .unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
+    let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     let stats = gw.stats().await;
     assert_eq!(stats["origin"]["errors"].as_u64(), Some(0), "{stats}");
@@ -703,12 +700,7 @@ async fn oversized_streamed_uploads_are_413() {
         }
     }
     let _ = s.write_all(b"0\r\n\r\n").await;
-    let mut buf = vec![0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
+    let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     let stats = gw.stats().await;
     assert_eq!(
