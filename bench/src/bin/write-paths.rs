@@ -3,12 +3,14 @@
 //! rows per second the flusher writes.
 //!
 //! * **write-through**: `Writer::set_through` — one PostgreSQL upsert per call.
-//! * **write-behind (log)**: `Writer::set_behind` on the local write-ahead log
-//!   with its default durability (acknowledged after `fdatasync`, batched
-//!   across concurrent calls).
+//! * **write-behind (log)**: `Writer::set_behind` on the local write-ahead log.
+//!   `--fsync batched` (the default): acknowledged after `fdatasync`, batched
+//!   across concurrent calls; `--fsync periodic`: acknowledged after
+//!   `write(2)`, synced within 10 ms; `--fsync never`: never synced.
 //! * **write-behind (stream)**: `Writer::set_behind` on a Redis Stream, in a
-//!   private `redis-server` with `appendonly yes` and `appendfsync always`
-//!   (the same promise: on disk when acknowledged).
+//!   private `redis-server` with `appendonly yes` and the matching promise:
+//!   `appendfsync always` with `--fsync batched` (on disk when acknowledged),
+//!   `appendfsync everysec` otherwise.
 //!
 //! All three run `--tasks` concurrent tasks writing `--ops` operations over
 //! 1,000 keys, on an L1-only cache, alternating for `--rounds` rounds (the
@@ -19,7 +21,7 @@
 //! timed from its start until the backlog is in the database (every record
 //! becomes one row).
 //!
-//! Run: `cargo run --release -p tiered-bench --bin write-paths -- [--ops N] [--rows N] [--rounds N] [--tasks N] [--fsync batched|never]`
+//! Run: `cargo run --release -p tiered-bench --bin write-paths -- [--ops N] [--rows N] [--rounds N] [--tasks N] [--fsync batched|periodic|never]`
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +35,7 @@ use tiered_testkit::redis::{RedisConfig, RedisServer};
 const KEYS: usize = 1_000;
 
 struct Args {
-    /// Log durability: `batched` (the default, fdatasync) or `never`.
+    /// Log durability: `batched` (the default), `periodic` or `never`.
     fsync: Fsync,
     ops: usize,
     rows: usize,
@@ -54,8 +56,9 @@ fn parse_args() -> Result<Args, String> {
         if flag == "--fsync" {
             args.fsync = match it.next().as_deref() {
                 Some("batched") => Fsync::default(),
+                Some("periodic") => Fsync::periodic(),
                 Some("never") => Fsync::Never,
-                other => return Err(format!("--fsync batched|never, not {other:?}")),
+                other => return Err(format!("--fsync batched|periodic|never, not {other:?}")),
             };
             continue;
         }
@@ -137,7 +140,9 @@ async fn main() {
     };
     // Production durability: a commit is on disk when it returns.
     let pg = PostgresServer::start_durable();
-    let redis = RedisServer::start_with(RedisConfig::persistent());
+    let redis = RedisServer::start_with(
+        RedisConfig::persistent().fsync_every_second(args.fsync != Fsync::default()),
+    );
     let cache = || -> Cache<String> {
         match Cache::builder("bench").build() {
             Ok(c) => c,
@@ -170,8 +175,12 @@ async fn main() {
         panic!("cannot start the writers");
     };
     println!(
-        "write-paths: {} ops over {KEYS} keys, {} tasks, {} rounds; PostgreSQL and redis-server private",
-        args.ops, args.tasks, args.rounds
+        "write-paths: {} ops over {KEYS} keys, {} tasks, {} rounds; PostgreSQL and redis-server private; log {:?}, redis appendfsync {}",
+        args.ops,
+        args.tasks,
+        args.rounds,
+        args.fsync,
+        if args.fsync == Fsync::default() { "always" } else { "everysec" }
     );
     let (mut t, mut w, mut s) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {

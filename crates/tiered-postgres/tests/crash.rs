@@ -6,7 +6,9 @@
 //! PostgreSQL must hold, for every key, the last acknowledged write —
 //! nothing lost, nothing older — checked after each restart has replayed and
 //! drained the log (before the child goes on), and at the end. The second
-//! scenario does the same with PostgreSQL stopped for a while during the run.
+//! scenario does the same with PostgreSQL stopped for a while during the run;
+//! the third with the log on `Fsync::Periodic` (acknowledged before its
+//! `fdatasync`, which a killed process must not be able to tell).
 //!
 //! A custom harness (`harness = false`): `main` is the parent unless
 //! `TIERED_CRASH_CHILD` is set. The child prints `I <op>` before it issues an
@@ -20,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tiered::write::Writer;
+use tiered::write::{Fsync, WalOptions, Writer};
 use tiered::Cache;
 use tiered_postgres::{PgStore, Stored};
 use tiered_testkit::postgres::PostgresServer;
@@ -48,10 +50,17 @@ async fn child() {
         .unwrap()
         .parse()
         .unwrap();
+    let fsync = match std::env::var("TIERED_CRASH_FSYNC").as_deref() {
+        Ok("periodic") => Fsync::periodic(),
+        _ => Fsync::default(),
+    };
     let store: PgStore<String> = PgStore::connect(&url, "items").await.unwrap();
     let cache: Cache<String> = Cache::builder("crash").build().unwrap();
     let writer = Writer::builder(cache, store)
-        .wal(&dir)
+        .wal_options(WalOptions {
+            fsync,
+            ..WalOptions::new(&dir)
+        })
         // Let a backlog build up, so a kill finds acknowledged records that
         // are not in the database yet.
         .flush_interval(Duration::from_millis(100))
@@ -112,12 +121,18 @@ struct Run {
     drained: bool,
 }
 
+/// What every child of one scenario is started with.
+struct Child<'a> {
+    url: &'a str,
+    wal: &'a str,
+    fsync: &'a str,
+}
+
 /// Runs the child from `start`: `check`s the database once it has replayed
 /// the log, then kills it after `kill_after` acknowledgements (or lets it
 /// finish), calling `during` once after `kill_after / 2` of them.
 fn run(
-    url: &str,
-    wal: &str,
+    child_env: &Child,
     start: u64,
     kill_after: Option<u64>,
     known: &mut HashMap<u64, Known>,
@@ -126,8 +141,9 @@ fn run(
 ) -> Run {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env("TIERED_CRASH_CHILD", "1")
-        .env("TIERED_CRASH_URL", url)
-        .env("TIERED_CRASH_WAL", wal)
+        .env("TIERED_CRASH_URL", child_env.url)
+        .env("TIERED_CRASH_WAL", child_env.wal)
+        .env("TIERED_CRASH_FSYNC", child_env.fsync)
         .env("TIERED_CRASH_START", start.to_string())
         .stdout(Stdio::piped())
         .stdin(Stdio::piped())
@@ -209,12 +225,17 @@ async fn verify(store: &PgStore<String>, known: &HashMap<u64, Known>) {
     }
 }
 
-fn scenario(name: &str, outage: bool) {
+fn scenario(name: &str, outage: bool, fsync: &str) {
     let started = Instant::now();
     let mut pg = PostgresServer::start();
     let url = pg.url();
     let wal = std::env::temp_dir().join(format!("tiered-crash-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&wal);
+    let child_env = Child {
+        url: &url,
+        wal: wal.to_str().unwrap(),
+        fsync,
+    };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let store: PgStore<String> = runtime.block_on(async {
         let store = PgStore::connect(&url, "items").await.unwrap();
@@ -234,8 +255,7 @@ fn scenario(name: &str, outage: bool) {
         let kill_after = left / (4 - kill) / 2 + fastrand::u64(..left / (4 - kill));
         let stopped = std::cell::Cell::new(false);
         let r = run(
-            &url,
-            wal.to_str().unwrap(),
+            &child_env,
             start,
             Some(kill_after.max(1)),
             &mut known,
@@ -256,15 +276,7 @@ fn scenario(name: &str, outage: bool) {
         recovered.push(r.recovered);
         start = r.issued_max.map_or(start, |m| m + 1);
     }
-    let last = run(
-        &url,
-        wal.to_str().unwrap(),
-        start,
-        None,
-        &mut known,
-        &check,
-        || {},
-    );
+    let last = run(&child_env, start, None, &mut known, &check, || {});
     recovered.push(last.recovered);
     assert!(last.drained, "the last run did not drain");
     assert!(
@@ -297,12 +309,21 @@ fn main() {
         .collect();
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     let mut ran = 0;
-    for (name, outage) in [
-        ("sigkill_three_times_loses_nothing", false),
-        ("sigkill_with_the_database_stopped_loses_nothing", true),
+    for (name, outage, fsync) in [
+        ("sigkill_three_times_loses_nothing", false, "batched"),
+        (
+            "sigkill_with_the_database_stopped_loses_nothing",
+            true,
+            "batched",
+        ),
+        (
+            "sigkill_with_periodic_fsync_loses_nothing",
+            false,
+            "periodic",
+        ),
     ] {
         if wanted(name) {
-            scenario(name, outage);
+            scenario(name, outage, fsync);
             ran += 1;
         }
     }

@@ -16,7 +16,7 @@ use tiered::write::{
 use tiered::{Cache, Options, RedisL2};
 use tiered_postgres::{PgStore, Stored};
 use tiered_testkit::postgres::PostgresServer;
-use tiered_testkit::redis::RedisServer;
+use tiered_testkit::redis::{RedisCluster, RedisServer};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -394,19 +394,32 @@ async fn with_the_database_down_the_queue_grows_then_drains() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A writer on the log in `dir` whose queue holds `records` records and
+/// `bytes` bytes, waiting 100 ms for room.
+async fn bounded_writer(
+    cache: &Cache<String>,
+    store: &PgStore<String>,
+    dir: &std::path::Path,
+    records: u64,
+    bytes: u64,
+) -> Writer<String> {
+    Writer::builder(cache.clone(), store.clone())
+        .wal(dir)
+        .max_queued(records)
+        .max_queued_bytes(bytes)
+        .enqueue_timeout(Duration::from_millis(100))
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_pushes_back_and_changes_nothing() {
     let (mut pg, store) = database().await;
     let cache = cache();
     let dir = wal_dir("full");
-    let writer = Writer::builder(cache.clone(), store.clone())
-        .wal(&dir)
-        .max_queued(10)
-        .enqueue_timeout(Duration::from_millis(100))
-        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
-        .start()
-        .await
-        .unwrap();
+    let writer = bounded_writer(&cache, &store, &dir, 10, 256 << 20).await;
     pg.stop();
     for i in 0..10 {
         writer
@@ -431,6 +444,38 @@ async fn a_full_queue_pushes_back_and_changes_nothing() {
     writer.set_behind("k10", "v".into()).await.unwrap();
     assert!(writer.flush(WAIT).await);
     assert_eq!(store.dump().await.unwrap().len(), 11);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_fill_the_queue_by_bytes_before_its_record_count() {
+    let (mut pg, store) = database().await;
+    let cache = cache();
+    let dir = wal_dir("full-bytes");
+    let writer = bounded_writer(&cache, &store, &dir, 1_000, 10_000).await;
+    pg.stop();
+    let big = "x".repeat(4_000);
+    // Let in while under 10,000 bytes: three records of ~4 KB.
+    for i in 0..3 {
+        writer
+            .set_behind(&format!("k{i}"), big.clone())
+            .await
+            .unwrap();
+    }
+    let queued = writer.stats().queue_bytes;
+    assert!((12_000..13_000).contains(&queued), "{queued}");
+    let err = writer.set_behind("k3", big.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, WriteError::QueueFull { depth: 3, bytes, .. } if bytes == queued),
+        "{err}"
+    );
+    assert_eq!(cache.get("k3").await.unwrap(), None);
+    pg.start_again();
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(writer.stats().queue_bytes, 0);
+    writer.set_behind("k3", big).await.unwrap();
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(store.dump().await.unwrap().len(), 4);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -588,4 +633,73 @@ async fn a_redis_stream_queue_is_drained_by_any_instance() {
     assert!(c.replay_dead_letter(&dead[0].id).await.unwrap());
     assert!(c.flush(WAIT).await);
     assert_eq!(value(&store, "bad").await.as_deref(), Some("poison"));
+}
+
+#[tokio::test]
+async fn concurrent_appends_to_a_stream_on_a_cluster_all_land() {
+    // 64 tasks at once: their XADDs are merged into pipelines, which a
+    // Cluster connection must route to the stream's one slot.
+    let cluster = RedisCluster::start();
+    let (_pg, store) = database().await;
+    let writer = Writer::builder(cache(), store.clone())
+        .redis_stream(StreamOptions::new(
+            RedisL2::cluster(cluster.urls()).build().unwrap(),
+        ))
+        .start()
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                writer
+                    .set_behind(&format!("k{t}"), format!("v{t}-{i}"))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(writer.stats().acknowledged, 64 * 20);
+    assert!(writer.flush(WAIT).await);
+    let rows = store.dump().await.unwrap();
+    assert_eq!(rows.len(), 64);
+    for t in 0..64 {
+        assert_eq!(
+            value(&store, &format!("k{t}")).await.as_deref(),
+            Some(format!("v{t}-19").as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_append_redis_refuses_is_an_error_and_changes_nothing() {
+    let redis = RedisServer::start();
+    let (_pg, store) = database().await;
+    let cache = cache();
+    let writer = Writer::builder(cache.clone(), store.clone())
+        .redis_stream(StreamOptions::new(
+            RedisL2::builder(redis.url()).build().unwrap(),
+        ))
+        .start()
+        .await
+        .unwrap();
+    writer.set_behind("a", "old".into()).await.unwrap();
+    assert!(writer.flush(WAIT).await);
+    // The stream's key now holds a string: every XADD is refused (WRONGTYPE).
+    redis.cli(&["DEL", "{tiered-wb:items}"]);
+    redis.cli(&["SET", "{tiered-wb:items}", "not a stream"]);
+    let err = writer.set_behind("a", "new".into()).await.unwrap_err();
+    assert!(
+        matches!(&err, WriteError::Queue(m) if m.contains("WRONGTYPE")),
+        "{err}"
+    );
+    assert_eq!(
+        cache.get("a").await.unwrap().as_deref().map(String::as_str),
+        Some("old")
+    );
+    assert_eq!(value(&store, "a").await.as_deref(), Some("old"));
 }

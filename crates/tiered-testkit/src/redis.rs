@@ -34,6 +34,8 @@ pub struct RedisConfig {
     /// Keep data across [`RedisServer::kill`] + [`RedisServer::restart`]
     /// (append-only file, fsync on every write).
     pub persistent: bool,
+    /// With `persistent`: `appendfsync everysec` instead of `always`.
+    pub fsync_every_second: bool,
     /// Start as a cluster node (used by [`RedisCluster`]).
     cluster: bool,
 }
@@ -54,6 +56,13 @@ impl RedisConfig {
             persistent: true,
             ..Default::default()
         }
+    }
+
+    /// Sets [`fsync_every_second`](Self::fsync_every_second).
+    #[must_use]
+    pub fn fsync_every_second(mut self, yes: bool) -> Self {
+        self.fsync_every_second = yes;
+        self
     }
 }
 
@@ -113,7 +122,12 @@ impl RedisServer {
             .arg(&self.dir)
             .args(["--logfile", "redis.log"]);
         if self.config.persistent {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+            let policy = if self.config.fsync_every_second {
+                "everysec"
+            } else {
+                "always"
+            };
+            cmd.args(["--appendonly", "yes", "--appendfsync", policy]);
         } else {
             cmd.args(["--appendonly", "no"]);
         }

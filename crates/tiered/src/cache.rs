@@ -99,8 +99,9 @@ type Stale<V> = Option<Arc<Entry<V>>>;
 
 /// What L1 says about a key.
 enum Lookup<V> {
-    /// Fresh: serve.
-    Hit(Arc<Entry<V>>),
+    /// Fresh: serve this value (`None`: a cached "absent"); the entry's own
+    /// hit count is already recorded.
+    Hit(Option<Arc<V>>),
     /// Fresh but due for a background refresh: serve, and refresh.
     RefreshAhead(Arc<Entry<V>>),
     /// Past fresh, within grace: a fallback for a load, or served as is while the
@@ -181,7 +182,8 @@ impl<V: Value> Cache<V> {
         inner.connect();
         inner.top.record(key);
         match inner.lookup(key, inner.clock.now()) {
-            Lookup::Hit(entry) | Lookup::RefreshAhead(entry) => Ok(inner.hit(&entry)),
+            Lookup::Hit(value) => Ok(inner.served(value)),
+            Lookup::RefreshAhead(entry) => Ok(inner.hit(&entry)),
             Lookup::Stale(_) | Lookup::Miss => {
                 inner.recorder.miss();
                 Ok(inner.get_from_l2(key).await)
@@ -717,15 +719,31 @@ impl<V: Value> Cache<V> {
 impl<V: Value> Inner<V> {
     /// What L1 says about `key` at `now`. Drops entries that were invalidated.
     fn lookup(&self, key: &str, now: Timestamp) -> Lookup<V> {
-        let Some(entry) = self.l1.get(key) else {
-            return Lookup::Miss;
+        // The common case — valid and fresh — is decided under the shard's
+        // read lock from the entry's atomics and timestamps, and hands out
+        // only the value; anything else takes the entry out to look closer.
+        let found = self.l1.get_with(key, |entry| {
+            if self.invalidations.unchanged_for(entry) && entry.freshness(now) == Freshness::Fresh {
+                entry.record_hit();
+                Ok(entry.value.clone())
+            } else {
+                Err(Arc::clone(entry))
+            }
+        });
+        let entry = match found {
+            None => return Lookup::Miss,
+            Some(Ok(value)) => return Lookup::Hit(value),
+            Some(Err(entry)) => entry,
         };
         if !self.invalidations.is_valid(&entry) {
             self.l1.remove_entry(key, &entry);
             return Lookup::Miss;
         }
         match entry.freshness(now) {
-            Freshness::Fresh => Lookup::Hit(entry),
+            Freshness::Fresh => {
+                entry.record_hit();
+                Lookup::Hit(entry.value.clone())
+            }
             Freshness::RefreshAhead => Lookup::RefreshAhead(entry),
             Freshness::Stale => Lookup::Stale(entry),
             Freshness::Gone => Lookup::Miss,
@@ -735,8 +753,13 @@ impl<V: Value> Inner<V> {
     /// Counts a fresh hit and returns its value.
     fn hit(&self, entry: &Entry<V>) -> Option<Arc<V>> {
         entry.record_hit();
-        self.recorder.hit(entry.value.is_none());
-        entry.value.clone()
+        self.served(entry.value.clone())
+    }
+
+    /// Counts a fresh hit whose entry already counted it ([`Lookup::Hit`]).
+    fn served(&self, value: Option<Arc<V>>) -> Option<Arc<V>> {
+        self.recorder.hit(value.is_none());
+        value
     }
 
     /// Stores an entry in L1 and counts the evictions it caused. An entry
@@ -1080,7 +1103,7 @@ impl<V: Value> Inner<V> {
         self.top.record(key);
         let now = self.clock.now();
         let stale = match self.lookup(key, now) {
-            Lookup::Hit(entry) => return Ok(self.hit(&entry)),
+            Lookup::Hit(value) => return Ok(self.served(value)),
             Lookup::RefreshAhead(entry) => {
                 let value = self.hit(&entry);
                 if !entry.backing_off(now) {
@@ -1165,8 +1188,8 @@ impl<V: Value> Inner<V> {
             }
             self.top.record(key);
             match self.lookup(key, now) {
-                Lookup::Hit(entry) => {
-                    if let Some(value) = self.hit(&entry) {
+                Lookup::Hit(value) => {
+                    if let Some(value) = self.served(value) {
                         found.insert(key.to_owned(), value);
                     }
                 }
@@ -1251,7 +1274,8 @@ impl<V: Value> Inner<V> {
     /// `Some` carries the value to return (`Some(None)`: a cached "absent").
     fn recheck(&self, key: &str) -> Option<Option<Arc<V>>> {
         match self.lookup(key, self.clock.now()) {
-            Lookup::Hit(entry) | Lookup::RefreshAhead(entry) => Some(entry.value.clone()),
+            Lookup::Hit(value) => Some(value),
+            Lookup::RefreshAhead(entry) => Some(entry.value.clone()),
             _ => None,
         }
     }

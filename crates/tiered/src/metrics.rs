@@ -28,6 +28,7 @@
 //! | `tiered_cache_l2_pending` | gauge | writes/removals waiting for L2 (updated by `stats()`) |
 //! | `tiered_write_operations_total` | counter | `path` = `through` / `behind`, `outcome` = `ok` / `error` / `full` |
 //! | `tiered_write_queue_depth` | gauge | — (write-behind records not yet in the store) |
+//! | `tiered_write_queue_bytes` | gauge | — (what they cost in this process's memory) |
 //! | `tiered_write_oldest_age_seconds` | gauge | — (age of the oldest of them) |
 //! | `tiered_write_flushed_total` | counter | — (records the flusher applied) |
 //! | `tiered_write_retries_total` | counter | — (failed store calls retried) |
@@ -127,6 +128,8 @@ impl Handles {
 
 /// Write-behind records acknowledged and not yet in the store.
 pub const WRITE_QUEUE_DEPTH: &str = "tiered_write_queue_depth";
+/// What those records cost in this process's memory.
+pub const WRITE_QUEUE_BYTES: &str = "tiered_write_queue_bytes";
 /// Age of the oldest record not yet in the store.
 pub const WRITE_OLDEST_AGE: &str = "tiered_write_oldest_age_seconds";
 /// Write operations by path and outcome.
@@ -147,6 +150,7 @@ pub(crate) struct WriteHandles {
     pub behind_ok: Counter,
     pub behind_full: Counter,
     pub depth: Gauge,
+    pub queue_bytes: Gauge,
     pub oldest_age: Gauge,
     pub flushed: Counter,
     pub retries: Counter,
@@ -164,6 +168,7 @@ impl WriteHandles {
             behind_ok: op("behind", "ok"),
             behind_full: op("behind", "full"),
             depth: gauge!(WRITE_QUEUE_DEPTH, "cache" => ns.clone()),
+            queue_bytes: gauge!(WRITE_QUEUE_BYTES, "cache" => ns.clone()),
             oldest_age: gauge!(WRITE_OLDEST_AGE, "cache" => ns.clone()),
             flushed: counter!(WRITE_FLUSHED, "cache" => ns.clone()),
             retries: counter!(WRITE_RETRIES, "cache" => ns.clone()),

@@ -235,17 +235,23 @@ impl Invalidations {
     /// Whether `entry` is still valid: born after the last `clear` and after the
     /// last invalidation of each of its tags.
     pub(crate) fn is_valid<V>(&self, entry: &Entry<V>) -> bool {
-        let latest = self.latest_tag.load(Ordering::SeqCst);
-        if entry.validated_through.load(Ordering::Relaxed) >= latest
-            && entry.born >= self.cleared_at.load(Ordering::SeqCst)
-        {
+        if self.unchanged_for(entry) {
             return true; // nothing new since the last check (the common case)
         }
+        let latest = self.latest_tag.load(Ordering::SeqCst);
         if self.outdated(entry.born, &entry.tags) {
             return false;
         }
         entry.validated_through.fetch_max(latest, Ordering::Relaxed);
         true
+    }
+
+    /// True if nothing was invalidated since `entry` was last found valid (and
+    /// it was born after the last clear): [`is_valid`](Self::is_valid)'s
+    /// fast path, atomics only, so it may run under an L1 shard's lock.
+    pub(crate) fn unchanged_for<V>(&self, entry: &Entry<V>) -> bool {
+        entry.validated_through.load(Ordering::Relaxed) >= self.latest_tag.load(Ordering::SeqCst)
+            && entry.born >= self.cleared_at.load(Ordering::SeqCst)
     }
 
     /// Whether data born at `born` and carrying `tags` has been invalidated since.

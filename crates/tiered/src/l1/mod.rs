@@ -124,11 +124,19 @@ impl<V> L1<V> {
         &self.shards[idx].0
     }
 
-    /// The entry at `key`, counting the access for eviction.
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<Entry<V>>> {
+    /// `read(entry)` for the entry at `key`, counting the access for
+    /// eviction. `read` runs under the shard's read lock: a hit that needs
+    /// only the value need not clone the entry's `Arc` (on a hot key, a
+    /// counter every core increments and decrements). Keep it short, and
+    /// take no lock in it.
+    pub(crate) fn get_with<R>(
+        &self,
+        key: &str,
+        read: impl FnOnce(&Arc<Entry<V>>) -> R,
+    ) -> Option<R> {
         let hash = self.hasher.hash_one(key);
         let shard = self.shard(hash);
-        let (entry, drain) = shard.read().get(key)?;
+        let (out, drain) = shard.read().get_with(key, read)?;
         if drain {
             // Whoever fills the read buffer replays it, if the lock is free;
             // otherwise the next writer will.
@@ -136,7 +144,7 @@ impl<V> L1<V> {
                 shard.drain_reads();
             }
         }
-        Some(entry)
+        Some(out)
     }
 
     /// The entry at `key` without counting an access (for `contains`-like peeks).
@@ -240,7 +248,7 @@ impl<V> L1Cache<V> {
 
     /// The value at `key`, counting the access for eviction.
     pub fn get(&self, key: &str) -> Option<Arc<V>> {
-        self.tier.get(key).and_then(|e| e.value.clone())
+        self.tier.get_with(key, |e| e.value.clone()).flatten()
     }
 
     /// Stores `value` with `weight` (the key is not charged here; a weight of 0

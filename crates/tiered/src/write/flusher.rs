@@ -43,6 +43,10 @@ use super::store::{Store, StoreError, StoreErrorKind, StoreWrite};
 use crate::cache::Cache;
 use crate::Value;
 
+/// The shortest time between two looks at the held records while nothing is
+/// due (bounds the flusher's CPU when writes arrive faster than this).
+const SCAN_SPACING: Duration = Duration::from_millis(1);
+
 /// The flusher's settings.
 #[derive(Debug, Clone)]
 pub(crate) struct FlushConfig {
@@ -137,8 +141,16 @@ impl<V: Value> Flusher<V> {
                     .min()
                     .unwrap_or(now + self.config.flush_interval);
                 tokio::select! {
-                    () = self.control.wake.notified() => {}
-                    () = tokio::time::sleep_until(next.max(now + Duration::from_millis(1))) => {}
+                    () = self.control.wake.notified() => {
+                        // Every acknowledged write wakes the flusher, but one
+                        // look at what is held (a pass over all of it) per
+                        // SCAN_SPACING is enough: under load the writes of
+                        // that span are taken together.
+                        if !draining {
+                            tokio::time::sleep(SCAN_SPACING).await;
+                        }
+                    }
+                    () = tokio::time::sleep_until(next.max(now + SCAN_SPACING)) => {}
                 }
                 continue;
             }

@@ -38,14 +38,16 @@
 //!
 //! * [`wal`] — a local write-ahead log (the default choice for one
 //!   instance): segment files, a CRC per record, `fdatasync` batched across
-//!   concurrent writes. What exactly is durable when the call returns is in
-//!   its docs.
+//!   concurrent writes before the acknowledgement ([`Fsync::Batched`], the
+//!   default) or on a timer after it ([`Fsync::Periodic`]). What exactly is
+//!   durable when the call returns is in its docs.
 //! * [`stream`] — a Redis Stream with a consumer group, when several
 //!   instances share L2: any instance's flusher can drain any instance's
 //!   writes, and a crashed instance's records are claimed by the others. Its
 //!   durability is Redis's own (AOF; see its docs).
 //!
-//! The queue is bounded ([`WriterBuilder::max_queued`]): when the store is
+//! The queue is bounded in records ([`WriterBuilder::max_queued`]) and in
+//! bytes of memory ([`WriterBuilder::max_queued_bytes`]): when the store is
 //! down long enough to fill it, write-behind calls wait for room and then
 //! fail with [`WriteError::QueueFull`] instead of eating memory or disk
 //! without limit.
@@ -76,9 +78,17 @@
 //!   entries a time-to-live well above the flush delay, or a read that misses
 //!   the cache loads the old value from the store.
 //! * Versions come from clocks: across instances, "newest" is by wall clock.
-//! * The queue bound counts records, not bytes, and the write-ahead log keeps
-//!   records not yet flushed in memory as well as on disk: with large values,
-//!   size [`WriterBuilder::max_queued`] for memory.
+//!   Within one writer they only grow: past the last one issued, and after a
+//!   restart past the highest the queue has seen (the write-ahead log keeps a
+//!   high-water mark in its checkpoint; a Redis Stream only knows its newest
+//!   queued record, so a drained stream plus a clock stepped back can issue
+//!   versions below what the store holds, and the store keeps its value).
+//!   Write-through versions never reach the queue: after a restart with the
+//!   clock stepped back past them, a write to a key last written through can
+//!   be refused by the store's version guard the same way.
+//! * The write-ahead log keeps records not yet flushed in memory as well as
+//!   on disk; [`WriterBuilder::max_queued_bytes`] bounds that memory (an
+//!   estimate per record: its bytes plus a fixed allowance).
 //! * A write-through whose store call timed out or lost its connection may
 //!   still have been applied by the store; the cache keeps the old value, and
 //!   the error says "unavailable", not "not applied".
@@ -172,10 +182,13 @@ pub enum WriteError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Write-behind: the queue stayed full for the whole enqueue timeout.
-    #[error("write-behind queue full ({depth} records) after waiting {waited:?}")]
+    #[error("write-behind queue full ({depth} records, {bytes} bytes in memory) after waiting {waited:?}")]
     QueueFull {
         /// Records in the queue.
         depth: u64,
+        /// Their weight in this process's memory (see
+        /// [`WriterBuilder::max_queued_bytes`]).
+        bytes: u64,
         /// How long the call waited for room.
         waited: Duration,
     },

@@ -35,6 +35,12 @@ pub(crate) trait Queue: Send + Sync + 'static {
     /// last seen, plus this instance's appends since). Cheap; no I/O.
     fn depth(&self) -> u64;
 
+    /// What the queued records cost in this process's memory
+    /// ([`Record::weight`]): all of them for the write-ahead log, which keeps
+    /// them in memory too; nothing for a Redis Stream, which keeps them in
+    /// Redis. Cheap; no I/O.
+    fn bytes(&self) -> u64;
+
     /// Appends `record`; resolves once it is durable (see each
     /// implementation's docs for exactly what that means).
     fn append(&self, record: Record) -> QueueFuture<'_, ()>;

@@ -34,6 +34,13 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// What holding this record costs in memory, roughly: its bytes plus a
+    /// fixed allowance for the struct and the allocations behind it.
+    pub fn weight(&self) -> u64 {
+        let tags: usize = self.invalidate.iter().map(|t| t.len() + 24).sum();
+        (96 + self.key.len() + self.value.as_ref().map_or(0, Vec::len) + tags) as u64
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let value_len = self.value.as_ref().map_or(0, Vec::len);
         let mut out = Vec::with_capacity(32 + self.key.len() + value_len);

@@ -14,6 +14,9 @@ pub struct WriteStats {
     /// Write-behind records acknowledged and neither in the store nor
     /// dead-lettered yet.
     pub queue_depth: u64,
+    /// What they cost in this process's memory (the write-ahead log keeps
+    /// them in memory; a Redis Stream does not: 0).
+    pub queue_bytes: u64,
     /// How long the oldest of them has waited (zero when the queue is empty).
     pub oldest_age: Duration,
     /// Write-behind calls acknowledged.
@@ -102,8 +105,8 @@ impl Counters {
         *next = (*next + 1) % LATENCY_WINDOW;
     }
 
-    /// The counters, with the queue's current `depth`.
-    pub fn snapshot(&self, depth: u64) -> WriteStats {
+    /// The counters, with the queue's current `depth` and `bytes`.
+    pub fn snapshot(&self, depth: u64, bytes: u64) -> WriteStats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let oldest = get(&self.oldest_at_ms);
         let oldest_age = if depth == 0 || oldest == 0 {
@@ -112,6 +115,7 @@ impl Counters {
             Duration::from_millis(now_ms().saturating_sub(oldest))
         };
         self.metrics.depth.set(depth as f64);
+        self.metrics.queue_bytes.set(bytes as f64);
         self.metrics.oldest_age.set(oldest_age.as_secs_f64());
         let (flush_p50, flush_p99) = {
             let mut samples = self.latencies.lock().0.clone();
@@ -126,6 +130,7 @@ impl Counters {
         };
         WriteStats {
             queue_depth: depth,
+            queue_bytes: bytes,
             oldest_age,
             acknowledged: get(&self.acknowledged),
             refused_full: get(&self.refused_full),

@@ -261,6 +261,10 @@ impl Queue for StreamQueue {
         self.depth.load(Ordering::Relaxed)
     }
 
+    fn bytes(&self) -> u64 {
+        0
+    }
+
     fn append(&self, record: Record) -> QueueFuture<'_, ()> {
         Box::pin(async move {
             let mut conn = self.conn().await?;

@@ -40,6 +40,7 @@ pub struct WriterBuilder<V> {
     queue: QueueChoice,
     config: FlushConfig,
     max_queued: u64,
+    max_queued_bytes: u64,
     enqueue_timeout: Duration,
     codec: Codec,
 }
@@ -106,6 +107,21 @@ impl<V: Value> WriterBuilder<V> {
         self
     }
 
+    /// The queue's bound in bytes of this process's memory (default 256 MiB):
+    /// the write-ahead log keeps every queued record in memory as well as on
+    /// disk, so a record count alone would not bound it when values are
+    /// large. A call is let in while the queue is under the bound, so
+    /// concurrent calls can pass it by a record each (at most
+    /// [`MAX_QUEUED_VALUE_BYTES`]), as they can pass
+    /// [`max_queued`](Self::max_queued). A backlog recovered at start is
+    /// loaded whatever its size; the bound then holds new calls back until
+    /// it drains. Counts nothing for a Redis Stream, whose records live in
+    /// Redis (bound that with Redis's `maxmemory`).
+    pub fn max_queued_bytes(mut self, bytes: u64) -> Self {
+        self.max_queued_bytes = bytes.max(1);
+        self
+    }
+
     /// How long a write-behind call waits for room in a full queue (default
     /// 5 s; zero fails at once).
     pub fn enqueue_timeout(mut self, timeout: Duration) -> Self {
@@ -163,7 +179,10 @@ impl<V: Value> WriterBuilder<V> {
         };
         let stats = {
             let (counters, queue) = (Arc::clone(&counters), queue.clone());
-            Arc::new(move || counters.snapshot(queue.as_ref().map_or(0, |q| q.depth())))
+            Arc::new(move || {
+                let (depth, bytes) = load(queue.as_deref());
+                counters.snapshot(depth, bytes)
+            })
         };
         self.cache.inner.attach_write_stats(stats);
         Ok(Writer {
@@ -178,6 +197,7 @@ impl<V: Value> WriterBuilder<V> {
                 last_version: AtomicU64::new(floor),
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 max_queued: self.max_queued,
+                max_queued_bytes: self.max_queued_bytes,
                 enqueue_timeout: self.enqueue_timeout,
                 codec: self.codec,
             }),
@@ -200,6 +220,7 @@ struct Shared<V> {
     /// the cache the other.
     stripes: Box<[tokio::sync::Mutex<()>]>,
     max_queued: u64,
+    max_queued_bytes: u64,
     enqueue_timeout: Duration,
     codec: Codec,
 }
@@ -255,6 +276,7 @@ impl<V: Value> Writer<V> {
                 store_timeout: Duration::from_secs(30),
             },
             max_queued: 100_000,
+            max_queued_bytes: 256 << 20,
             enqueue_timeout: Duration::from_secs(5),
             codec: Codec::MessagePack,
         }
@@ -540,9 +562,8 @@ impl<V: Value> Writer<V> {
     /// [`Cache::stats`](crate::Cache::stats) as `write`).
     pub fn stats(&self) -> WriteStats {
         let shared = &self.shared;
-        shared
-            .counters
-            .snapshot(shared.queue.as_ref().map_or(0, |q| q.depth()))
+        let (depth, bytes) = load(shared.queue.as_deref());
+        shared.counters.snapshot(depth, bytes)
     }
 }
 
@@ -574,17 +595,16 @@ impl<V: Value> Shared<V> {
 
     /// Waits for room in the queue (back-pressure).
     async fn room(&self, queue: &dyn Queue) -> Result<(), WriteError> {
-        if queue.depth() < self.max_queued {
-            return Ok(());
-        }
-        let max = self.max_queued;
-        if wait_until(self.enqueue_timeout, || queue.depth() < max, &self.control).await {
+        let (max, max_bytes) = (self.max_queued, self.max_queued_bytes);
+        let has_room = || queue.depth() < max && queue.bytes() < max_bytes;
+        if has_room() || wait_until(self.enqueue_timeout, has_room, &self.control).await {
             return Ok(());
         }
         self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
         self.counters.metrics.behind_full.increment(1);
         Err(WriteError::QueueFull {
             depth: queue.depth(),
+            bytes: queue.bytes(),
             waited: self.enqueue_timeout,
         })
     }
@@ -616,6 +636,11 @@ impl<V: Value> Shared<V> {
                 .dead_letters
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
+}
+
+/// The queue's depth and bytes (zero without one).
+fn load(queue: Option<&dyn Queue>) -> (u64, u64) {
+    queue.map_or((0, 0), |q| (q.depth(), q.bytes()))
 }
 
 /// Polls `done` until it holds or `limit` passes, waking on queue progress.
