@@ -21,6 +21,13 @@ use tiered_testkit::Loader;
 /// The staleness window after a fault ends (the module docs promise < 1 s).
 const WINDOW: Duration = Duration::from_secs(1);
 
+/// The L2 breaker's cooldown. It runs on the injected clock, so a breaker that
+/// opened during a fault (say, a ping on a connection that has not reconnected
+/// yet) half-opens only when a test advances the clock: tests that wait for L2
+/// to catch up after a fault advance it by this much on every poll, as real
+/// time would.
+const COOLDOWN: Duration = Duration::from_millis(100);
+
 /// A backplane that can stop delivering: `read` waits while held (the
 /// subscriber falls behind), everything else goes to Redis.
 struct Faulty {
@@ -80,7 +87,7 @@ fn on(redis: &RedisServer, clock: &ManualClock) -> CacheBuilder<String> {
         .clock(clock.clone())
         .redis(redis.url())
         .l2_timeout(Duration::from_millis(300))
-        .l2_breaker(2, Duration::from_millis(100))
+        .l2_breaker(2, COOLDOWN)
         .ttl(secs(600))
 }
 
@@ -173,6 +180,7 @@ async fn an_invalidation_issued_while_redis_is_down_is_not_forgotten() {
     })
     .await;
     until("the removal reached L2", secs(5), || async {
+        clock.advance(COOLDOWN);
         redis.cli(&["EXISTS", "tiered:faults:k"]).trim() == "0"
     })
     .await;
@@ -247,6 +255,7 @@ async fn an_invalidation_issued_while_redis_is_paused_reaches_everyone_after_res
     assert!(resumed.elapsed() < WINDOW);
     let c = on(&redis, &clock).build().unwrap();
     until("L2 agrees", secs(5), || async {
+        clock.advance(COOLDOWN);
         val(c.get("k").await).is_none()
     })
     .await;

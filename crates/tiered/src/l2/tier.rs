@@ -157,10 +157,19 @@ impl Tier {
     }
 
     /// If writes or removals are waiting for L2, try a call (which replays
-    /// them on success). Called periodically, so an idle instance replays too.
+    /// them on success). The backplane's subscriber calls this each time it
+    /// has just reached Redis, so an idle instance replays too.
+    ///
+    /// The ping goes out even while the breaker is open: the subscriber's own
+    /// call just proved Redis reachable, and waiting out the cooldown would
+    /// leave other instances reading the values this one removed during the
+    /// outage for that long (the first call after a restart often fails on a
+    /// connection that has not reconnected yet, which is what opens it). It
+    /// costs at most one ping per subscriber round, and only while something
+    /// is pending.
     pub(crate) async fn nudge(self: &Arc<Self>) {
         if self.pending.len() > 0 {
-            let _ = self.call(self.backend.ping()).await;
+            let _ = self.attempt(self.backend.ping()).await;
         }
     }
 
@@ -215,6 +224,15 @@ impl Tier {
         if !self.breaker.allow(self.clock.now()) {
             return Err(L2Error::BreakerOpen);
         }
+        self.attempt(f).await
+    }
+
+    /// Runs one backend call under the timeout, whatever the breaker's state,
+    /// and reports the outcome to it.
+    async fn attempt<T>(
+        self: &Arc<Self>,
+        f: impl Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, L2Error> {
         let result = match crate::load::sleep_until(tokio::time::Instant::now() + self.timeout) {
             Some(sleep) => {
                 match futures_util::future::select(std::pin::pin!(f), std::pin::pin!(sleep)).await {
