@@ -614,6 +614,7 @@ async fn a_redis_stream_queue_is_drained_by_any_instance() {
         Some(Stored { value: None, .. })
     ));
     assert_eq!(redis.cli(&["XLEN", "{tiered-wb:items}"]).trim(), "0");
+    assert_eq!(redis.cli(&["GET", "{tiered-wb:items}:n"]).trim(), "0");
 
     b.shutdown(WAIT).await;
     // Dead letters work the same way on the stream.
@@ -637,8 +638,9 @@ async fn a_redis_stream_queue_is_drained_by_any_instance() {
 
 #[tokio::test]
 async fn concurrent_appends_to_a_stream_on_a_cluster_all_land() {
-    // 64 tasks at once: their XADDs are merged into pipelines, which a
-    // Cluster connection must route to the stream's one slot.
+    // 64 tasks at once: their records are grouped into stream entries, whose
+    // script (XADD and the count) a Cluster connection must route to the
+    // stream's one slot.
     let cluster = RedisCluster::start();
     let (_pg, store) = database().await;
     let writer = Writer::builder(cache(), store.clone())
@@ -673,6 +675,59 @@ async fn concurrent_appends_to_a_stream_on_a_cluster_all_land() {
             Some(format!("v{t}-19").as_str())
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_stream_entries_and_all_land() {
+    let redis = RedisServer::start();
+    let (_pg, store) = database().await;
+    // The flusher takes records but holds them (a batch never fills, the
+    // interval never ends) until `flush`: the entries stay in the stream.
+    let writer = Writer::builder(cache(), store.clone())
+        .redis_stream(StreamOptions::new(
+            RedisL2::builder(redis.url()).build().unwrap(),
+        ))
+        .batch_size(100_000)
+        .flush_interval(Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                writer
+                    .set_behind(&format!("k{t}-{i}"), format!("v{t}-{i}"))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let entries: usize = redis
+        .cli(&["XLEN", "{tiered-wb:items}"])
+        .trim()
+        .parse()
+        .unwrap();
+    // Appends made while an XADD was in flight went out together.
+    assert!(
+        entries < 64 * 20,
+        "{entries} entries for {} records",
+        64 * 20
+    );
+    assert!(entries >= 64 * 20 / 256, "{entries} entries");
+    assert_eq!(redis.cli(&["GET", "{tiered-wb:items}:n"]).trim(), "1280");
+    assert_eq!(writer.stats().queue_depth, 1280);
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(store.dump().await.unwrap().len(), 64 * 20);
+    assert_eq!(value(&store, "k63-19").await.as_deref(), Some("v63-19"));
+    // Every entry acknowledged and deleted, the count back to zero.
+    assert_eq!(redis.cli(&["XLEN", "{tiered-wb:items}"]).trim(), "0");
+    assert_eq!(redis.cli(&["GET", "{tiered-wb:items}:n"]).trim(), "0");
+    assert_eq!(writer.stats().queue_depth, 0);
 }
 
 #[tokio::test]

@@ -1,10 +1,26 @@
 //! A Redis Stream as the write-behind queue, for several instances sharing L2.
 //!
 //! Records go to the stream `{tiered-wb:<namespace>}` (dead letters to
-//! `{tiered-wb:<namespace>}:dead`, the same Cluster slot). Every instance's
-//! flusher reads through one consumer group, so any instance drains any
-//! instance's writes; a record is acknowledged (`XACK`) and deleted (`XDEL`)
-//! once the store has it.
+//! `{tiered-wb:<namespace>}:dead`, the record count to
+//! `{tiered-wb:<namespace>}:n`, all in the same Cluster slot). Every
+//! instance's flusher reads through one consumer group, so any instance
+//! drains any instance's writes; an entry is acknowledged (`XACK`) and
+//! deleted (`XDEL`) once the store has all its records.
+//!
+//! # One entry, many records
+//!
+//! Appends made while an `XADD` is in flight go out together in the next one,
+//! as one stream entry holding each record in its own `r` field (at most
+//! [`ENTRY_RECORDS`] records or [`ENTRY_BYTES`] bytes; then the next entry).
+//! This is group commit, as the write-ahead log does with `fdatasync`: Redis
+//! does its per-entry work (`XADD`, `XREADGROUP`, `XACK`, `XDEL`, and with
+//! `appendfsync always` an AOF flush) once for the group instead of once per
+//! record — that work, not this process, bounded the queue when every record
+//! was its own entry. A lone append still goes out at once, alone. The cost:
+//! an entry is acknowledged only when every record in it is confirmed, so a
+//! crash replays the confirmed records of a partly flushed entry too, which
+//! the store's version guard makes harmless (it does the same for a record
+//! confirmed by the store whose `XACK` never happened).
 //!
 //! # What is durable when a call returns
 //!
@@ -26,12 +42,14 @@
 //! once); every [`StreamOptions::claim_idle`] it also claims (`XAUTOCLAIM`)
 //! records that other consumers have held that long.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redis::Value as RValue;
+use tokio::sync::{mpsc, oneshot};
 
 use super::queue::{Dead, Queue, QueueFuture, Queued};
 use super::record::Record;
@@ -79,20 +97,51 @@ impl StreamOptions {
     }
 }
 
+/// At most this many records go into one stream entry.
+pub const ENTRY_RECORDS: usize = 256;
+/// An entry takes no more records once its records' bytes reach this.
+pub const ENTRY_BYTES: usize = 1 << 20;
+
+/// An encoded record waiting for the next `XADD`, and who to tell.
+type Append = (Vec<u8>, oneshot::Sender<Result<(), String>>);
+
+/// Entries handed to the flusher and not acknowledged yet.
+#[derive(Default)]
+struct Handed {
+    /// Local id → the stream id of its entry.
+    ids: HashMap<u64, Arc<str>>,
+    entries: HashMap<Arc<str>, Entry>,
+}
+
+struct Entry {
+    /// Records the entry was written with (what its `XACK` takes off the count).
+    records: u64,
+    /// Local ids of its records.
+    ids: Vec<u64>,
+    /// Those not confirmed yet: at none, the entry is acknowledged.
+    open: HashSet<u64>,
+}
+
 /// The Redis Stream queue.
 pub(crate) struct StreamQueue {
     options: StreamOptions,
     key: String,
     dead_key: String,
-    /// Local ids handed to the flusher → stream ids.
-    ids: Mutex<HashMap<u64, String>>,
+    count_key: String,
+    /// To the task that writes entries (see the module docs).
+    appends: mpsc::UnboundedSender<Append>,
+    handed: Mutex<Handed>,
     next_id: AtomicU64,
+    /// Records and entries read so far: a read asks for as many entries as
+    /// should hold the records the flusher has room for.
+    read_records: AtomicU64,
+    read_entries: AtomicU64,
     /// Own pending records (from before a restart) are read first, from
     /// this id on.
     own_pending_done: AtomicBool,
     own_cursor: Mutex<String>,
     last_claim: Mutex<Instant>,
-    /// `XLEN` as last read, plus appends since.
+    /// The record count as last read, plus appends since.
     depth: AtomicU64,
     max_version: u64,
 }
@@ -109,11 +158,28 @@ impl StreamQueue {
     pub async fn open(options: StreamOptions, namespace: &str) -> Result<Self, WriteError> {
         let key = format!("{{tiered-wb:{namespace}}}");
         let dead_key = format!("{key}:dead");
+        let count_key = format!("{key}:n");
+        let mut conn = options
+            .redis
+            .conn()
+            .await
+            .map_err(|e| WriteError::Queue(format!("Redis: {e}")))?;
+        let (appends, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(write_entries(
+            conn.clone(),
+            key.clone(),
+            count_key.clone(),
+            waiting,
+        ));
         let mut queue = StreamQueue {
             options,
             dead_key,
-            ids: Mutex::new(HashMap::new()),
+            count_key,
+            appends,
+            handed: Mutex::new(Handed::default()),
             next_id: AtomicU64::new(1),
+            read_records: AtomicU64::new(0),
+            read_entries: AtomicU64::new(0),
             own_pending_done: AtomicBool::new(false),
             own_cursor: Mutex::new("0".into()),
             last_claim: Mutex::new(Instant::now()),
@@ -121,7 +187,6 @@ impl StreamQueue {
             max_version: 0,
             key,
         };
-        let mut conn = queue.conn().await?;
         let created = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&queue.key)
@@ -146,10 +211,25 @@ impl StreamQueue {
             .await
             .map_err(queue_error)?;
         queue.max_version = entries(last, "XREVRANGE")?
-            .into_iter()
-            .filter_map(|(_, fields)| Record::decode(field(&fields, b"r")?).map(|r| r.version))
+            .iter()
+            .flat_map(|(_, fields)| records(fields))
+            .filter_map(|r| Record::decode(r).map(|r| r.version))
             .max()
             .unwrap_or(0);
+        // A stream written before the count existed held one record per
+        // entry: start the count there.
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&queue.key)
+            .query_async(&mut conn)
+            .await
+            .map_err(queue_error)?;
+        redis::cmd("SET")
+            .arg(&queue.count_key)
+            .arg(len)
+            .arg("NX")
+            .query_async::<RValue>(&mut conn)
+            .await
+            .map_err(queue_error)?;
         queue.refresh_depth(&mut conn).await?;
         Ok(queue)
     }
@@ -167,17 +247,31 @@ impl StreamQueue {
     }
 
     async fn refresh_depth(&self, conn: &mut Conn) -> Result<(), WriteError> {
-        let len: u64 = redis::cmd("XLEN")
-            .arg(&self.key)
+        let count: Option<i64> = redis::cmd("GET")
+            .arg(&self.count_key)
             .query_async(conn)
             .await
             .map_err(queue_error)?;
-        self.depth.store(len, Ordering::Relaxed);
+        // Below zero only if something else deleted entries.
+        self.depth
+            .store(count.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Hands stream entries to the flusher; acknowledges (and drops) any that
-    /// are not readable records, which nothing could ever apply.
+    /// How many entries to read for about `max` records.
+    fn entries_for(&self, max: usize) -> usize {
+        let records = self.read_records.load(Ordering::Relaxed);
+        let per_entry = match self.read_entries.load(Ordering::Relaxed) {
+            // Nothing read yet: guess small entries, so a first read of a
+            // long backlog of full ones does not take far more than `max`.
+            0 => 16,
+            entries => usize::try_from(records / entries).unwrap_or(1).max(1),
+        };
+        (max / per_entry).max(1)
+    }
+
+    /// Hands the records of stream entries to the flusher; acknowledges (and
+    /// drops) entries with no readable record, which nothing could ever apply.
     async fn hand_out(
         &self,
         conn: &mut Conn,
@@ -185,33 +279,72 @@ impl StreamQueue {
     ) -> Result<Vec<Queued>, WriteError> {
         let mut out = Vec::with_capacity(found.len());
         let mut junk = Vec::new();
+        let mut junk_records = 0;
+        self.read_entries
+            .fetch_add(found.len() as u64, Ordering::Relaxed);
         for (stream_id, fields) in found {
-            match field(&fields, b"r").and_then(Record::decode) {
-                Some(record) => {
+            let written = records(&fields).count() as u64;
+            self.read_records.fetch_add(written, Ordering::Relaxed);
+            let readable: Vec<Record> = records(&fields).filter_map(Record::decode).collect();
+            if readable.len() as u64 != written {
+                tracing::error!(stream = %self.key, id = %stream_id,
+                    dropped = written - readable.len() as u64,
+                    "write-behind stream: unreadable record dropped");
+            }
+            if readable.is_empty() {
+                junk.push(stream_id);
+                junk_records += written;
+                continue;
+            }
+            let stream_id: Arc<str> = stream_id.into();
+            let mut handed = self.handed.lock();
+            let ids: Vec<u64> = readable
+                .into_iter()
+                .map(|record| {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    self.ids.lock().insert(id, stream_id);
                     out.push(Queued { id, record });
-                }
-                None => {
-                    tracing::error!(stream = %self.key, id = %stream_id, "write-behind stream: unreadable entry dropped");
-                    junk.push(stream_id);
+                    handed.ids.insert(id, Arc::clone(&stream_id));
+                    id
+                })
+                .collect();
+            let entry = Entry {
+                records: written,
+                open: ids.iter().copied().collect(),
+                ids,
+            };
+            // Handed out again (claimed back, or re-read after a restart):
+            // the records of the earlier hand-out are superseded.
+            if let Some(old) = handed.entries.insert(stream_id, entry) {
+                for id in old.ids {
+                    handed.ids.remove(&id);
                 }
             }
         }
         if !junk.is_empty() {
-            self.ack(conn, &junk).await?;
+            self.ack(conn, &junk, junk_records).await?;
         }
         Ok(out)
     }
 
-    async fn ack(&self, conn: &mut Conn, stream_ids: &[String]) -> Result<(), WriteError> {
+    /// Acknowledges and deletes entries holding `records` records in all.
+    async fn ack(
+        &self,
+        conn: &mut Conn,
+        stream_ids: &[String],
+        records: u64,
+    ) -> Result<(), WriteError> {
         let mut pipe = redis::pipe();
+        pipe.atomic();
         pipe.cmd("XACK")
             .arg(&self.key)
             .arg(&self.options.group)
             .arg(stream_ids)
             .ignore();
         pipe.cmd("XDEL").arg(&self.key).arg(stream_ids).ignore();
+        pipe.cmd("DECRBY")
+            .arg(&self.count_key)
+            .arg(records)
+            .ignore();
         pipe.query_async::<()>(conn).await.map_err(queue_error)
     }
 
@@ -267,15 +400,15 @@ impl Queue for StreamQueue {
 
     fn append(&self, record: Record) -> QueueFuture<'_, ()> {
         Box::pin(async move {
-            let mut conn = self.conn().await?;
-            redis::cmd("XADD")
-                .arg(&self.key)
-                .arg("*")
-                .arg("r")
-                .arg(record.encode())
-                .query_async::<RValue>(&mut conn)
+            let (done, written) = oneshot::channel();
+            let gone = || WriteError::Queue("Redis: the stream writer has stopped".into());
+            self.appends
+                .send((record.encode(), done))
+                .map_err(|_| gone())?;
+            written
                 .await
-                .map_err(queue_error)?;
+                .map_err(|_| gone())?
+                .map_err(WriteError::Queue)?;
             self.depth.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -289,7 +422,9 @@ impl Queue for StreamQueue {
                 // After a restart: what this consumer read and never
                 // confirmed, walked with a cursor.
                 let cursor = self.own_cursor.lock().clone();
-                let found = self.read_group(&mut conn, max, &cursor).await?;
+                let found = self
+                    .read_group(&mut conn, self.entries_for(max), &cursor)
+                    .await?;
                 match found.last() {
                     None => self.own_pending_done.store(true, Ordering::Relaxed),
                     Some((last, _)) => {
@@ -314,7 +449,7 @@ impl Queue for StreamQueue {
                     .arg(u64::try_from(self.options.claim_idle.as_millis()).unwrap_or(u64::MAX))
                     .arg("0-0")
                     .arg("COUNT")
-                    .arg(max)
+                    .arg(self.entries_for(max))
                     .query_async(&mut conn)
                     .await
                     .map_err(queue_error)?;
@@ -327,34 +462,60 @@ impl Queue for StreamQueue {
                     }
                 }
             }
-            let found = self.read_group(&mut conn, max, ">").await?;
+            let found = self
+                .read_group(&mut conn, self.entries_for(max), ">")
+                .await?;
             self.hand_out(&mut conn, found).await
         })
     }
 
     fn confirm(&self, ids: Vec<u64>) -> QueueFuture<'_, ()> {
         Box::pin(async move {
-            // The local ids go only once `XACK` succeeded: a confirm that
-            // failed can be made again.
-            let stream_ids: Vec<String> = {
-                let map = self.ids.lock();
-                ids.iter().filter_map(|id| map.get(id).cloned()).collect()
+            // Entries whose every record is confirmed now. They (and their
+            // local ids) are forgotten only once `XACK` succeeded: a confirm
+            // that failed finds them again when it is made again.
+            let (done, records): (Vec<Arc<str>>, u64) = {
+                let mut handed = self.handed.lock();
+                let Handed { ids: map, entries } = &mut *handed;
+                let mut done = Vec::new();
+                for id in &ids {
+                    let Some(stream_id) = map.get(id) else {
+                        continue;
+                    };
+                    if let Some(entry) = entries.get_mut(stream_id) {
+                        entry.open.remove(id);
+                        if entry.open.is_empty() && !done.contains(stream_id) {
+                            done.push(Arc::clone(stream_id));
+                        }
+                    }
+                }
+                let records = done
+                    .iter()
+                    .filter_map(|s| entries.get(s))
+                    .map(|e| e.records)
+                    .sum();
+                (done, records)
             };
-            if stream_ids.is_empty() {
+            if done.is_empty() {
                 return Ok(());
             }
+            let stream_ids: Vec<String> = done.iter().map(|s| s.to_string()).collect();
             let mut conn = self.conn().await?;
-            self.ack(&mut conn, &stream_ids).await?;
+            self.ack(&mut conn, &stream_ids, records).await?;
             {
-                let mut map = self.ids.lock();
-                for id in &ids {
-                    map.remove(id);
+                let mut handed = self.handed.lock();
+                for stream_id in &done {
+                    if let Some(entry) = handed.entries.remove(stream_id) {
+                        for id in entry.ids {
+                            handed.ids.remove(&id);
+                        }
+                    }
                 }
             }
             let _ = self
                 .depth
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-                    Some(d.saturating_sub(stream_ids.len() as u64))
+                    Some(d.saturating_sub(records))
                 });
             Ok(())
         })
@@ -390,7 +551,7 @@ impl Queue for StreamQueue {
             Ok(entries(reply, "XRANGE")?
                 .into_iter()
                 .filter_map(|(id, fields)| {
-                    let record = Record::decode(field(&fields, b"r")?)?;
+                    let record = Record::decode(records(&fields).next()?)?;
                     let reason =
                         String::from_utf8_lossy(field(&fields, b"reason").unwrap_or_default())
                             .into_owned();
@@ -416,7 +577,8 @@ impl Queue for StreamQueue {
             let Some((_, fields)) = entries(reply, "XRANGE")?.into_iter().next() else {
                 return Ok(false);
             };
-            let record = field(&fields, b"r")
+            let record = records(&fields)
+                .next()
                 .and_then(Record::decode)
                 .ok_or_else(|| WriteError::Queue(format!("dead letter {id} is unreadable")))?;
             // Queued before the dead letter goes: a failure in between leaves
@@ -491,6 +653,62 @@ fn entries(reply: RValue, command: &str) -> Result<Vec<(String, Fields)>, WriteE
         out.push((id, fields));
     }
     Ok(out)
+}
+
+/// The encoded records of an entry: its `r` fields, in order.
+fn records(fields: &Fields) -> impl Iterator<Item = &[u8]> {
+    fields
+        .iter()
+        .filter(|(k, _)| k.as_slice() == b"r")
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Writes appends as entries, one `XADD` in flight at a time: what arrives
+/// meanwhile goes into the next entry (see the module docs). Ends when the
+/// queue is dropped.
+async fn write_entries(
+    mut conn: Conn,
+    key: String,
+    count_key: String,
+    mut waiting: mpsc::UnboundedReceiver<Append>,
+) {
+    // A script, not MULTI: a refused XADD (say, WRONGTYPE) must leave the
+    // count alone too, and a transaction runs the rest of its commands after
+    // one fails. The count is advisory: its own failure fails nothing.
+    let script = redis::Script::new(
+        r"local args = {KEYS[1], '*'}
+          for i = 1, #ARGV do
+            args[#args + 1] = 'r'
+            args[#args + 1] = ARGV[i]
+          end
+          local id = redis.call('XADD', unpack(args))
+          redis.pcall('INCRBY', KEYS[2], #ARGV)
+          return id",
+    );
+    let mut group: Vec<Append> = Vec::new();
+    while let Some(first) = waiting.recv().await {
+        let mut bytes = first.0.len();
+        group.push(first);
+        while group.len() < ENTRY_RECORDS && bytes < ENTRY_BYTES {
+            let Ok(next) = waiting.try_recv() else { break };
+            bytes += next.0.len();
+            group.push(next);
+        }
+        let mut call = script.key(&key);
+        call.key(&count_key);
+        for (record, _) in &group {
+            call.arg(record);
+        }
+        let result = call
+            .invoke_async::<RValue>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("Redis: {e}"));
+        for (_, done) in group.drain(..) {
+            // A caller that stopped waiting has nobody to tell.
+            let _ = done.send(result.clone());
+        }
+    }
 }
 
 fn field<'a>(fields: &'a Fields, name: &[u8]) -> Option<&'a [u8]> {
