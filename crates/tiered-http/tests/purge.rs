@@ -190,6 +190,9 @@ async fn purges_reach_another_instance_through_redis() {
         let cache = cache_builder("http-shared")
             .clock(clock.clone())
             .redis(redis.url())
+            // A first call (which connects) on a loaded machine must not
+            // time out and turn into a miss.
+            .l2_timeout(std::time::Duration::from_secs(5))
             .build()
             .unwrap();
         let layer = CacheLayer::builder(cache)

@@ -241,6 +241,7 @@ async fn json_values_are_readable_in_redis() {
     let redis = RedisServer::start();
     let cache = Cache::<User>::builder("people")
         .redis(redis.url())
+        .l2_timeout(secs(5))
         .codec(Codec::Json)
         .build()
         .unwrap();
@@ -355,6 +356,7 @@ async fn a_database_number_in_the_url_is_used() {
     let redis = RedisServer::start();
     let cache = Cache::<String>::builder("db")
         .redis(format!("{}/3", redis.url()))
+        .l2_timeout(secs(5))
         .build()
         .unwrap();
     cache.set("k", s("v")).await.unwrap();
