@@ -275,6 +275,13 @@ impl Tier {
         keys: &[&str],
     ) -> Vec<Option<Decoded<V>>> {
         let redis_keys: Vec<String> = keys.iter().map(|k| self.layout.entry(k)).collect();
+        // Keys held for replay when the read goes out: a replay finishing
+        // while it is on the wire must not let an old value through.
+        let held_before: Vec<bool> = if self.pending.is_idle() {
+            Vec::new()
+        } else {
+            redis_keys.iter().map(|k| self.pending.holds(k)).collect()
+        };
         let raw = if redis_keys.len() <= MAX_BATCH_KEYS {
             self.read(redis_keys.clone()).await
         } else {
@@ -299,9 +306,11 @@ impl Tier {
         let out = raw
             .into_iter()
             .zip(redis_keys)
-            .map(|(bytes, redis_key)| {
+            .enumerate()
+            .map(|(i, (bytes, redis_key))| {
                 let bytes = bytes?;
-                if pending && self.pending.holds(&redis_key) {
+                if held_before.get(i) == Some(&true) || (pending && self.pending.holds(&redis_key))
+                {
                     return None;
                 }
                 match envelope::decode::<V>(&bytes, &self.format, &redis_key) {
