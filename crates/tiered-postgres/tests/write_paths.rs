@@ -611,13 +611,20 @@ async fn a_redis_stream_queue_is_drained_by_any_instance() {
         assert!(!a.flush(Duration::from_millis(300)).await);
     }
     pg.start_again();
-    // Instance b claims a's pending records once they have been idle long enough.
+    // Instance b claims a's pending records once they have been idle long
+    // enough. It reads one entry at a time (a batch of one record), so it
+    // claims a's 31 entries in 31 reads: all in one sweep, not one read per
+    // `claim_idle`, which would take over 9 s.
     let b = Writer::builder(cache(), store.clone())
         .redis_stream(stream("b"))
+        .batch_size(1)
         .start()
         .await
         .unwrap();
-    assert!(b.flush(WAIT).await);
+    assert!(
+        b.flush(Duration::from_secs(6)).await,
+        "a's backlog is claimed in one sweep"
+    );
     assert_eq!(store.dump().await.unwrap().len(), 29);
     assert!(matches!(
         store.stored("k0").await.unwrap(),

@@ -14,6 +14,13 @@
 pub mod postgres;
 pub mod redis;
 
+/// A TCP port on 127.0.0.1 that is free right now and that no other caller
+/// in this process has been given (nor any server the testkit started), so
+/// tests running in parallel never pick the same one for their own servers.
+pub fn free_port() -> u16 {
+    redis::free_port(false)
+}
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;

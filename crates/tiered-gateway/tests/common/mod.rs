@@ -18,14 +18,9 @@ use tiered_http::Body;
 
 pub const TOKEN: &str = "test-admin-token";
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A port that was free a moment ago and that no other test in this process
+/// was given.
+pub use tiered_testkit::free_port;
 
 /// What the origin received.
 #[derive(Debug, Clone)]

@@ -39,8 +39,9 @@
 //! A record read by a flusher that then died stays *pending* for its
 //! consumer. On start, a flusher first re-reads its own pending records (give
 //! each instance a stable [`StreamOptions::consumer`] name to resume at
-//! once); every [`StreamOptions::claim_idle`] it also claims (`XAUTOCLAIM`)
-//! records that other consumers have held that long.
+//! once); every [`StreamOptions::claim_idle`] it also sweeps the stream and
+//! claims (`XAUTOCLAIM`) records that other consumers have held that long,
+//! read after read until the sweep is through.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -140,7 +141,13 @@ pub(crate) struct StreamQueue {
     /// this id on.
     own_pending_done: AtomicBool,
     own_cursor: Mutex<String>,
+    /// When the last sweep for records idle under other consumers started.
     last_claim: Mutex<Instant>,
+    /// Where the sweep in progress goes on (`XAUTOCLAIM`'s cursor); `None`
+    /// between sweeps. A sweep goes on at every read until it has been
+    /// through the whole stream, so a dead instance's backlog longer than one
+    /// read is claimed in one go, not one read per `claim_idle`.
+    claim_cursor: Mutex<Option<String>>,
     /// The record count as last read, plus appends since.
     depth: AtomicU64,
     max_version: u64,
@@ -183,6 +190,7 @@ impl StreamQueue {
             own_pending_done: AtomicBool::new(false),
             own_cursor: Mutex::new("0".into()),
             last_claim: Mutex::new(Instant::now()),
+            claim_cursor: Mutex::new(None),
             depth: AtomicU64::new(0),
             max_version: 0,
             key,
@@ -433,33 +441,44 @@ impl Queue for StreamQueue {
                     }
                 }
             }
-            let claim_due = {
+            let cursor = {
+                let mut cursor = self.claim_cursor.lock();
                 let mut last = self.last_claim.lock();
-                let due = last.elapsed() >= self.options.claim_idle;
-                if due {
+                if cursor.is_none() && last.elapsed() >= self.options.claim_idle {
                     *last = Instant::now();
+                    *cursor = Some("0-0".into());
                 }
-                due
+                cursor.clone()
             };
-            if claim_due {
+            if let Some(cursor) = cursor {
                 let reply: RValue = redis::cmd("XAUTOCLAIM")
                     .arg(&self.key)
                     .arg(&self.options.group)
                     .arg(&self.options.consumer)
                     .arg(u64::try_from(self.options.claim_idle.as_millis()).unwrap_or(u64::MAX))
-                    .arg("0-0")
+                    .arg(&cursor)
                     .arg("COUNT")
                     .arg(self.entries_for(max))
                     .query_async(&mut conn)
                     .await
                     .map_err(queue_error)?;
-                if let RValue::Array(mut parts) = reply {
-                    if parts.len() >= 2 {
-                        let claimed = entries(parts.swap_remove(1), "XAUTOCLAIM")?;
-                        if !claimed.is_empty() {
-                            return self.hand_out(&mut conn, claimed).await;
-                        }
-                    }
+                let RValue::Array(mut parts) = reply else {
+                    return Err(protocol("XAUTOCLAIM"));
+                };
+                if parts.len() < 2 {
+                    return Err(protocol("XAUTOCLAIM"));
+                }
+                let claimed = entries(parts.swap_remove(1), "XAUTOCLAIM")?;
+                // The cursor to go on from; `0-0` once the sweep is through.
+                let next = match parts.swap_remove(0) {
+                    RValue::BulkString(b) => String::from_utf8(b).ok(),
+                    RValue::SimpleString(s) => Some(s),
+                    _ => None,
+                }
+                .filter(|next| next != "0-0" && is_stream_id(next));
+                *self.claim_cursor.lock() = next;
+                if !claimed.is_empty() {
+                    return self.hand_out(&mut conn, claimed).await;
                 }
             }
             let found = self
