@@ -608,21 +608,31 @@ async fn a_redis_stream_queue_is_drained_by_any_instance() {
                 .unwrap();
         }
         a.remove_behind("k0").await.unwrap();
-        assert!(!a.flush(Duration::from_millis(300)).await);
+        // Its flusher has read them all (two more failed tries, each after a
+        // read, so they are pending under a) and is stopped mid-retry:
+        // nothing of a's goes on to write them.
+        let tries = a.stats().retries;
+        tiered_testkit::eventually("a's flusher read everything", || {
+            a.stats().retries >= tries + 2
+        })
+        .await;
+        let report = a.shutdown(Duration::from_millis(100)).await;
+        assert!(!report.drained);
+        assert_eq!(report.left, 31);
     }
     pg.start_again();
     // Instance b claims a's pending records once they have been idle long
-    // enough. It reads one entry at a time (a batch of one record), so it
-    // claims a's 31 entries in 31 reads: all in one sweep, not one read per
-    // `claim_idle`, which would take over 9 s.
+    // enough (1 s). Its flusher has room for 4 records at a time (batches of
+    // one), so it claims a's 31 entries in 8 reads: all in one sweep, not one
+    // read per `claim_idle`, which would take 8 s.
     let b = Writer::builder(cache(), store.clone())
-        .redis_stream(stream("b"))
+        .redis_stream(stream("b").claim_idle(Duration::from_secs(1)))
         .batch_size(1)
         .start()
         .await
         .unwrap();
     assert!(
-        b.flush(Duration::from_secs(6)).await,
+        b.flush(Duration::from_secs(5)).await,
         "a's backlog is claimed in one sweep"
     );
     assert_eq!(store.dump().await.unwrap().len(), 29);
