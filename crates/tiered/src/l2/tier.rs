@@ -166,7 +166,7 @@ impl Tier {
     /// outage for that long (the first call after a restart often fails on a
     /// connection that has not reconnected yet, which is what opens it). It
     /// costs at most one ping per subscriber round, and only while something
-    /// is pending.
+    /// is pending. A failed ping restarts the cooldown, like a failed probe.
     pub(crate) async fn nudge(self: &Arc<Self>) {
         if self.pending.len() > 0 {
             let _ = self.attempt(self.backend.ping()).await;

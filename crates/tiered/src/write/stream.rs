@@ -5,7 +5,8 @@
 //! `{tiered-wb:<namespace>}:n`, all in the same Cluster slot). Every
 //! instance's flusher reads through one consumer group, so any instance
 //! drains any instance's writes; an entry is acknowledged (`XACK`) and
-//! deleted (`XDEL`) once the store has all its records.
+//! deleted (`XDEL`) once the store has all its records (or the dead-letter
+//! queue has those it refused).
 //!
 //! # One entry, many records
 //!
@@ -21,6 +22,11 @@
 //! crash replays the confirmed records of a partly flushed entry too, which
 //! the store's version guard makes harmless (it does the same for a record
 //! confirmed by the store whose `XACK` never happened).
+//!
+//! **Upgrading:** instances from before group commit read only the first
+//! record of an entry and would acknowledge the rest unread. Stop every
+//! older instance sharing the stream before starting one of this version
+//! (what they left queued is read correctly by the new one).
 //!
 //! # What is durable when a call returns
 //!
@@ -40,8 +46,9 @@
 //! consumer. On start, a flusher first re-reads its own pending records (give
 //! each instance a stable [`StreamOptions::consumer`] name to resume at
 //! once); every [`StreamOptions::claim_idle`] it also sweeps the stream and
-//! claims (`XAUTOCLAIM`) records that other consumers have held that long,
-//! read after read until the sweep is through.
+//! claims (`XAUTOCLAIM`) records any consumer — itself included, for an
+//! acknowledgement that failed — has held that long, read after read until
+//! the sweep is through.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -131,12 +138,14 @@ pub(crate) struct StreamQueue {
     count_key: String,
     /// To the task that writes entries (see the module docs).
     appends: mpsc::UnboundedSender<Append>,
+    ack_script: redis::Script,
     handed: Mutex<Handed>,
     next_id: AtomicU64,
-    /// Records and entries read so far: a read asks for as many entries as
-    /// should hold the records the flusher has room for.
-    read_records: AtomicU64,
-    read_entries: AtomicU64,
+    /// Records per entry in the last read that found any: the next read
+    /// asks for as many entries as should hold the records the flusher has
+    /// room for. The last read, not a lifetime average, so that a shift from
+    /// small entries to full ones costs at most one oversized read.
+    per_entry: AtomicU64,
     /// Own pending records (from before a restart) are read first, from
     /// this id on.
     own_pending_done: AtomicBool,
@@ -183,10 +192,29 @@ impl StreamQueue {
             dead_key,
             count_key,
             appends,
+            // KEYS: the stream, the count; ARGV: the group, then pairs of
+            // entry id and its record count. Per entry, not one XDEL for
+            // all, to count only what this call deleted.
+            ack_script: redis::Script::new(
+                r"local gone = 0
+                  for i = 2, #ARGV, 2 do
+                    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+                    if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
+                      gone = gone + tonumber(ARGV[i + 1])
+                    end
+                  end
+                  if redis.call('XLEN', KEYS[1]) == 0 then
+                    redis.pcall('SET', KEYS[2], 0)
+                  elseif gone > 0 then
+                    redis.pcall('DECRBY', KEYS[2], gone)
+                  end
+                  return gone",
+            ),
             handed: Mutex::new(Handed::default()),
             next_id: AtomicU64::new(1),
-            read_records: AtomicU64::new(0),
-            read_entries: AtomicU64::new(0),
+            // Nothing read yet: guess small entries, so a first read of a
+            // long backlog of full ones does not take far more than asked.
+            per_entry: AtomicU64::new(16),
             own_pending_done: AtomicBool::new(false),
             own_cursor: Mutex::new("0".into()),
             last_claim: Mutex::new(Instant::now()),
@@ -238,7 +266,7 @@ impl StreamQueue {
             .query_async::<RValue>(&mut conn)
             .await
             .map_err(queue_error)?;
-        queue.refresh_depth(&mut conn).await?;
+        queue.refresh_depth(&mut conn).await;
         Ok(queue)
     }
 
@@ -254,28 +282,28 @@ impl StreamQueue {
             .map_err(|e| WriteError::Queue(format!("Redis: {e}")))
     }
 
-    async fn refresh_depth(&self, conn: &mut Conn) -> Result<(), WriteError> {
-        let count: Option<i64> = redis::cmd("GET")
+    /// Reads the record count. It is advisory: if it cannot be read or is
+    /// not a number, the local figure stays and nothing else fails.
+    async fn refresh_depth(&self, conn: &mut Conn) {
+        let count: Result<Option<i64>, _> = redis::cmd("GET")
             .arg(&self.count_key)
             .query_async(conn)
-            .await
-            .map_err(queue_error)?;
-        // Below zero only if something else deleted entries.
-        self.depth
-            .store(count.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
-        Ok(())
+            .await;
+        match count {
+            // Below zero only if something else deleted entries.
+            Ok(count) => self
+                .depth
+                .store(count.unwrap_or(0).max(0) as u64, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(key = %self.count_key, error = %e, "write-behind stream: cannot read the record count");
+            }
+        }
     }
 
     /// How many entries to read for about `max` records.
     fn entries_for(&self, max: usize) -> usize {
-        let records = self.read_records.load(Ordering::Relaxed);
-        let per_entry = match self.read_entries.load(Ordering::Relaxed) {
-            // Nothing read yet: guess small entries, so a first read of a
-            // long backlog of full ones does not take far more than `max`.
-            0 => 16,
-            entries => usize::try_from(records / entries).unwrap_or(1).max(1),
-        };
-        (max / per_entry).max(1)
+        let per_entry = usize::try_from(self.per_entry.load(Ordering::Relaxed)).unwrap_or(1);
+        (max / per_entry.max(1)).max(1)
     }
 
     /// Hands the records of stream entries to the flusher; acknowledges (and
@@ -287,12 +315,11 @@ impl StreamQueue {
     ) -> Result<Vec<Queued>, WriteError> {
         let mut out = Vec::with_capacity(found.len());
         let mut junk = Vec::new();
-        let mut junk_records = 0;
-        self.read_entries
-            .fetch_add(found.len() as u64, Ordering::Relaxed);
+        let entries = found.len() as u64;
+        let mut records_read = 0;
         for (stream_id, fields) in found {
             let written = records(&fields).count() as u64;
-            self.read_records.fetch_add(written, Ordering::Relaxed);
+            records_read += written;
             let readable: Vec<Record> = records(&fields).filter_map(Record::decode).collect();
             if readable.len() as u64 != written {
                 tracing::error!(stream = %self.key, id = %stream_id,
@@ -300,8 +327,7 @@ impl StreamQueue {
                     "write-behind stream: unreadable record dropped");
             }
             if readable.is_empty() {
-                junk.push(stream_id);
-                junk_records += written;
+                junk.push((stream_id, written));
                 continue;
             }
             let stream_id: Arc<str> = stream_id.into();
@@ -328,32 +354,35 @@ impl StreamQueue {
                 }
             }
         }
+        if entries > 0 {
+            self.per_entry
+                .store((records_read / entries).max(1), Ordering::Relaxed);
+        }
         if !junk.is_empty() {
-            self.ack(conn, &junk, junk_records).await?;
+            // The records read stay handed out whatever happens here: a
+            // junk entry left behind is found again by a later sweep.
+            if let Err(e) = self.ack(conn, &junk).await {
+                tracing::warn!(stream = %self.key, error = %e, "write-behind stream: cannot drop unreadable entries");
+            }
         }
         Ok(out)
     }
 
-    /// Acknowledges and deletes entries holding `records` records in all.
-    async fn ack(
-        &self,
-        conn: &mut Conn,
-        stream_ids: &[String],
-        records: u64,
-    ) -> Result<(), WriteError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("XACK")
-            .arg(&self.key)
-            .arg(&self.options.group)
-            .arg(stream_ids)
-            .ignore();
-        pipe.cmd("XDEL").arg(&self.key).arg(stream_ids).ignore();
-        pipe.cmd("DECRBY")
-            .arg(&self.count_key)
-            .arg(records)
-            .ignore();
-        pipe.query_async::<()>(conn).await.map_err(queue_error)
+    /// Acknowledges and deletes entries, each with the number of records it
+    /// was written with. The count goes down only by entries this call
+    /// deleted: another instance may have acknowledged the same entry (it
+    /// claimed it while this one held it), or a retried call may repeat
+    /// one. An empty stream resets the count to zero, so any drift ends there.
+    async fn ack(&self, conn: &mut Conn, done: &[(String, u64)]) -> Result<(), WriteError> {
+        let mut call = self.ack_script.key(&self.key);
+        call.key(&self.count_key).arg(&self.options.group);
+        for (stream_id, records) in done {
+            call.arg(stream_id).arg(records);
+        }
+        call.invoke_async::<RValue>(conn)
+            .await
+            .map(|_| ())
+            .map_err(queue_error)
     }
 
     async fn read_group(
@@ -395,6 +424,69 @@ impl StreamQueue {
         }
         Ok(out)
     }
+
+    /// Up to about `max` records: this consumer's own unconfirmed ones
+    /// first after a restart, then a claim sweep's when one is due or under
+    /// way, then new ones.
+    async fn read(&self, conn: &mut Conn, max: usize) -> Result<Vec<Queued>, WriteError> {
+        if !self.own_pending_done.load(Ordering::Relaxed) {
+            // After a restart: what this consumer read and never
+            // confirmed, walked with a cursor.
+            let cursor = self.own_cursor.lock().clone();
+            let found = self
+                .read_group(conn, self.entries_for(max), &cursor)
+                .await?;
+            match found.last() {
+                None => self.own_pending_done.store(true, Ordering::Relaxed),
+                Some((last, _)) => {
+                    *self.own_cursor.lock() = last.clone();
+                    return self.hand_out(conn, found).await;
+                }
+            }
+        }
+        let cursor = {
+            let mut cursor = self.claim_cursor.lock();
+            let mut last = self.last_claim.lock();
+            if cursor.is_none() && last.elapsed() >= self.options.claim_idle {
+                *last = Instant::now();
+                *cursor = Some("0-0".into());
+            }
+            cursor.clone()
+        };
+        if let Some(cursor) = cursor {
+            let reply: RValue = redis::cmd("XAUTOCLAIM")
+                .arg(&self.key)
+                .arg(&self.options.group)
+                .arg(&self.options.consumer)
+                .arg(u64::try_from(self.options.claim_idle.as_millis()).unwrap_or(u64::MAX))
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(self.entries_for(max))
+                .query_async(conn)
+                .await
+                .map_err(queue_error)?;
+            let RValue::Array(mut parts) = reply else {
+                return Err(protocol("XAUTOCLAIM"));
+            };
+            if parts.len() < 2 {
+                return Err(protocol("XAUTOCLAIM"));
+            }
+            let claimed = entries(parts.swap_remove(1), "XAUTOCLAIM")?;
+            // The cursor to go on from; `0-0` once the sweep is through.
+            let next = match parts.swap_remove(0) {
+                RValue::BulkString(b) => String::from_utf8(b).ok(),
+                RValue::SimpleString(s) => Some(s),
+                _ => None,
+            }
+            .filter(|next| next != "0-0" && is_stream_id(next));
+            *self.claim_cursor.lock() = next;
+            if !claimed.is_empty() {
+                return self.hand_out(conn, claimed).await;
+            }
+        }
+        let found = self.read_group(conn, self.entries_for(max), ">").await?;
+        self.hand_out(conn, found).await
+    }
 }
 
 impl Queue for StreamQueue {
@@ -425,75 +517,21 @@ impl Queue for StreamQueue {
     fn take(&self, max: usize) -> QueueFuture<'_, Vec<Queued>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            self.refresh_depth(&mut conn).await?;
-            if !self.own_pending_done.load(Ordering::Relaxed) {
-                // After a restart: what this consumer read and never
-                // confirmed, walked with a cursor.
-                let cursor = self.own_cursor.lock().clone();
-                let found = self
-                    .read_group(&mut conn, self.entries_for(max), &cursor)
-                    .await?;
-                match found.last() {
-                    None => self.own_pending_done.store(true, Ordering::Relaxed),
-                    Some((last, _)) => {
-                        *self.own_cursor.lock() = last.clone();
-                        return self.hand_out(&mut conn, found).await;
-                    }
-                }
-            }
-            let cursor = {
-                let mut cursor = self.claim_cursor.lock();
-                let mut last = self.last_claim.lock();
-                if cursor.is_none() && last.elapsed() >= self.options.claim_idle {
-                    *last = Instant::now();
-                    *cursor = Some("0-0".into());
-                }
-                cursor.clone()
-            };
-            if let Some(cursor) = cursor {
-                let reply: RValue = redis::cmd("XAUTOCLAIM")
-                    .arg(&self.key)
-                    .arg(&self.options.group)
-                    .arg(&self.options.consumer)
-                    .arg(u64::try_from(self.options.claim_idle.as_millis()).unwrap_or(u64::MAX))
-                    .arg(&cursor)
-                    .arg("COUNT")
-                    .arg(self.entries_for(max))
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(queue_error)?;
-                let RValue::Array(mut parts) = reply else {
-                    return Err(protocol("XAUTOCLAIM"));
-                };
-                if parts.len() < 2 {
-                    return Err(protocol("XAUTOCLAIM"));
-                }
-                let claimed = entries(parts.swap_remove(1), "XAUTOCLAIM")?;
-                // The cursor to go on from; `0-0` once the sweep is through.
-                let next = match parts.swap_remove(0) {
-                    RValue::BulkString(b) => String::from_utf8(b).ok(),
-                    RValue::SimpleString(s) => Some(s),
-                    _ => None,
-                }
-                .filter(|next| next != "0-0" && is_stream_id(next));
-                *self.claim_cursor.lock() = next;
-                if !claimed.is_empty() {
-                    return self.hand_out(&mut conn, claimed).await;
-                }
-            }
-            let found = self
-                .read_group(&mut conn, self.entries_for(max), ">")
-                .await?;
-            self.hand_out(&mut conn, found).await
+            let taken = self.read(&mut conn, max).await;
+            // After the read, so that everything it handed out is in the
+            // count (read before, an entry a peer added in between could be
+            // handed out uncounted, and its acknowledgement take the depth
+            // to zero with records still held).
+            self.refresh_depth(&mut conn).await;
+            taken
         })
     }
 
     fn confirm(&self, ids: Vec<u64>) -> QueueFuture<'_, ()> {
         Box::pin(async move {
-            // Entries whose every record is confirmed now. They (and their
-            // local ids) are forgotten only once `XACK` succeeded: a confirm
-            // that failed finds them again when it is made again.
-            let (done, records): (Vec<Arc<str>>, u64) = {
+            // Entries whose every record is confirmed now, with their
+            // record counts.
+            let done: Vec<(Arc<str>, u64)> = {
                 let mut handed = self.handed.lock();
                 let Handed { ids: map, entries } = &mut *handed;
                 let mut done = Vec::new();
@@ -508,22 +546,29 @@ impl Queue for StreamQueue {
                         }
                     }
                 }
-                let records = done
-                    .iter()
-                    .filter_map(|s| entries.get(s))
-                    .map(|e| e.records)
-                    .sum();
-                (done, records)
+                done.into_iter()
+                    .filter_map(|s| {
+                        let records = entries.get(&s)?.records;
+                        Some((s, records))
+                    })
+                    .collect()
             };
             if done.is_empty() {
                 return Ok(());
             }
-            let stream_ids: Vec<String> = done.iter().map(|s| s.to_string()).collect();
-            let mut conn = self.conn().await?;
-            self.ack(&mut conn, &stream_ids, records).await?;
+            let records: u64 = done.iter().map(|(_, r)| r).sum();
+            let ack: Vec<(String, u64)> = done.iter().map(|(s, r)| (s.to_string(), *r)).collect();
+            let acked = match self.conn().await {
+                Ok(mut conn) => self.ack(&mut conn, &ack).await,
+                Err(e) => Err(e),
+            };
+            // Forgotten whatever the outcome: the flusher does not confirm
+            // again, and an entry the acknowledgement missed is still
+            // pending in Redis, where a sweep (this instance's too) hands it
+            // out again.
             {
                 let mut handed = self.handed.lock();
-                for stream_id in &done {
+                for (stream_id, _) in &done {
                     if let Some(entry) = handed.entries.remove(stream_id) {
                         for id in entry.ids {
                             handed.ids.remove(&id);
@@ -531,6 +576,7 @@ impl Queue for StreamQueue {
                     }
                 }
             }
+            acked?;
             let _ = self
                 .depth
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
