@@ -354,9 +354,8 @@ impl StreamQueue {
                 }
             }
         }
-        if entries > 0 {
-            self.per_entry
-                .store((records_read / entries).max(1), Ordering::Relaxed);
+        if let Some(per_entry) = records_read.checked_div(entries) {
+            self.per_entry.store(per_entry.max(1), Ordering::Relaxed);
         }
         if !junk.is_empty() {
             // The records read stay handed out whatever happens here: a
