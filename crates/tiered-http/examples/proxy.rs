@@ -74,7 +74,13 @@ async fn main() -> Result<(), BoxError> {
     let layer = layer.build()?;
 
     // The origin side: rewrite the URI to the origin, keep the Host header.
-    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+    // Idle upstream connections are dropped before the origin drops them:
+    // Node's default keep-alive timeout is 5 s, and a request sent on a
+    // connection the origin is closing at that moment fails (a 502 here).
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
+        .build_http();
     let origin = args.origin.clone();
     let upstream = tower::service_fn(move |mut req: Request<Body>| {
         let client = client.clone();
