@@ -663,6 +663,26 @@ async fn a_redis_stream_queue_is_drained_by_any_instance() {
     assert_eq!(value(&store, "bad").await.as_deref(), Some("poison"));
 }
 
+/// 64 tasks at once, each writing `v{t}-{i}` for i in 0..20 behind, to
+/// `key(t, i)`; returns once every write is acknowledged.
+async fn from_64_tasks(writer: &Writer<String>, key: fn(usize, usize) -> String) {
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                writer
+                    .set_behind(&key(t, i), format!("v{t}-{i}"))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn concurrent_appends_to_a_stream_on_a_cluster_all_land() {
     // 64 tasks at once: their records are grouped into stream entries, whose
@@ -677,21 +697,7 @@ async fn concurrent_appends_to_a_stream_on_a_cluster_all_land() {
         .start()
         .await
         .unwrap();
-    let mut tasks = Vec::new();
-    for t in 0..64 {
-        let writer = writer.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..20 {
-                writer
-                    .set_behind(&format!("k{t}"), format!("v{t}-{i}"))
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    from_64_tasks(&writer, |t, _| format!("k{t}")).await;
     assert_eq!(writer.stats().acknowledged, 64 * 20);
     assert!(writer.flush(WAIT).await);
     let rows = store.dump().await.unwrap();
@@ -719,21 +725,7 @@ async fn concurrent_appends_share_stream_entries_and_all_land() {
         .start()
         .await
         .unwrap();
-    let mut tasks = Vec::new();
-    for t in 0..64 {
-        let writer = writer.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..20 {
-                writer
-                    .set_behind(&format!("k{t}-{i}"), format!("v{t}-{i}"))
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    from_64_tasks(&writer, |t, i| format!("k{t}-{i}")).await;
     let entries: usize = redis
         .cli(&["XLEN", "{tiered-wb:items}"])
         .trim()
