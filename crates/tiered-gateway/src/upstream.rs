@@ -140,36 +140,20 @@ impl tower::Service<Request<Body>> for Upstream {
             add_forwarded(headers, client, host);
             add_via(headers, version);
 
-            // The read timeout runs from the last byte of the request body
-            // sent (a long upload is not the origin being slow), and restarts
-            // with every chunk of it.
-            let progress = Arc::new(Progress::new(req.body().is_end_stream()));
-            if !req.body().is_end_stream() {
-                let (parts, body) = req.into_parts();
-                let body = Tracked {
-                    body,
-                    progress: Arc::clone(&progress),
-                };
-                req = Request::from_parts(parts, tiered_http::boxed_body(body));
-            }
+            // An origin may close an idle pooled connection just as a
+            // request goes out on it (its keep-alive timeout racing ours):
+            // the request then fails with no response. A request that is
+            // idempotent and has no body can be sent again (RFC 9110
+            // §9.2.2), on another connection, as nginx does by default.
+            let again = replayable(&req);
             let started = Instant::now();
-            let response = inner.client.request(req);
-            tokio::pin!(response);
-            let res = loop {
-                let deadline = after(progress.last(), inner.read_timeout);
-                match tokio::time::timeout_at(deadline, &mut response).await {
-                    Ok(res) => break res,
-                    // The upload moved on since the deadline was set.
-                    Err(_) if after(progress.last(), inner.read_timeout) > deadline => continue,
-                    Err(_) if !progress.is_done() => {
-                        return Err(UpstreamError::ClientTimeout(inner.read_timeout).into());
-                    }
-                    Err(_) => {
-                        inner.stats.origin_failed(OriginError::Timeout);
-                        return Err(UpstreamError::Timeout(inner.read_timeout).into());
-                    }
+            let mut res = exchange(&inner, req).await?;
+            if let (Err(e), Some(req)) = (&res, again) {
+                if !e.is_connect() {
+                    tracing::debug!(error = %e, "no response from the origin; sending again");
+                    res = exchange(&inner, req).await?;
                 }
-            };
+            }
             let res = match res {
                 // The client's body went over the limit while we sent
                 // it: not the origin's fault (the listener answers 413).
@@ -196,6 +180,66 @@ impl tower::Service<Request<Body>> for Upstream {
             ))
         })
     }
+}
+
+/// Sends `req` and waits for the response head under the read timeout,
+/// which runs from the last byte of the request body sent (a long upload is
+/// not the origin being slow) and restarts with every chunk of it. The outer
+/// error is a timeout; the inner one is the client's.
+async fn exchange(
+    inner: &Inner,
+    mut req: Request<Body>,
+) -> Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, UpstreamError> {
+    let progress = Arc::new(Progress::new(req.body().is_end_stream()));
+    if !req.body().is_end_stream() {
+        let (parts, body) = req.into_parts();
+        let body = Tracked {
+            body,
+            progress: Arc::clone(&progress),
+        };
+        req = Request::from_parts(parts, tiered_http::boxed_body(body));
+    }
+    let response = inner.client.request(req);
+    tokio::pin!(response);
+    loop {
+        let deadline = after(progress.last(), inner.read_timeout);
+        match tokio::time::timeout_at(deadline, &mut response).await {
+            Ok(res) => return Ok(res),
+            // The upload moved on since the deadline was set.
+            Err(_) if after(progress.last(), inner.read_timeout) > deadline => continue,
+            Err(_) if !progress.is_done() => {
+                return Err(UpstreamError::ClientTimeout(inner.read_timeout));
+            }
+            Err(_) => {
+                inner.stats.origin_failed(OriginError::Timeout);
+                return Err(UpstreamError::Timeout(inner.read_timeout));
+            }
+        }
+    }
+}
+
+/// A copy of `req` to send again if its exchange fails before any response:
+/// only for an idempotent method (RFC 9110 §9.2.2) and an empty body (a
+/// streamed body is gone once sent).
+fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
+    let idempotent = matches!(
+        *req.method(),
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(tiered_http::empty_body());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// Whether `e` (or what it wraps) is a request body over the size limit.

@@ -784,3 +784,89 @@ async fn without_a_token_the_admin_api_refuses_cross_site_shapes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// An origin that answers the first request on each connection with
+/// keep-alive, then closes the connection when the next one arrives: the
+/// keep-alive race, where a pooled connection dies as a request goes out on
+/// it, every time. Counts the request heads it read by method, and the
+/// requests it dropped.
+async fn closing_origin() -> (String, Arc<[AtomicUsize; 3]>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    // [GET heads read, POST heads read, requests dropped]
+    let seen: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let counts = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                for answered in [false, true] {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let method = usize::from(head.starts_with(b"POST"));
+                    seen[method].fetch_add(1, Ordering::SeqCst);
+                    if answered {
+                        seen[2].fetch_add(1, Ordering::SeqCst);
+                        return; // closes the connection, no response
+                    }
+                    let res = b"HTTP/1.1 200 OK\r\ncache-control: no-store\r\ncontent-length: 2\r\n\r\nok";
+                    if conn.write_all(res).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, counts)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotent_request_on_a_connection_the_origin_closed_is_sent_again() {
+    let (origin, seen) = closing_origin().await;
+    let gw = Gateway::start(&origin, &[]).await;
+    // Every GET succeeds, though some go out on a connection the origin
+    // then drops (a few requests make sure one does: the first answer's
+    // connection is back in the pool by then).
+    for i in 0..20 {
+        let res = gw.get(&format!("/get/{i}"), &[]).await;
+        assert_eq!(res.status(), 200, "{}", gw.log_text());
+        assert_eq!(res.body().as_ref(), b"ok");
+        if seen[2].load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+    }
+    assert!(
+        seen[2].load(Ordering::SeqCst) >= 2,
+        "no GET met a closing connection"
+    );
+    let stats = gw.stats().await;
+    assert_eq!(stats["origin"]["errors"].as_u64(), Some(0), "{stats}");
+
+    // A POST is never sent twice: one on a dropped connection is a 502.
+    let mut failed = 0;
+    for i in 0..20 {
+        let url = gw.url(&format!("/post/{i}"));
+        let res = send(Method::POST, &url, &[], Bytes::new()).await.unwrap();
+        assert!(
+            matches!(res.status().as_u16(), 200 | 502),
+            "{}",
+            res.status()
+        );
+        failed += usize::from(res.status() == 502);
+        assert_eq!(
+            seen[1].load(Ordering::SeqCst),
+            i + 1,
+            "a POST was sent again"
+        );
+        if failed > 0 {
+            break;
+        }
+    }
+    assert_eq!(failed, 1, "no POST met a closing connection");
+}
