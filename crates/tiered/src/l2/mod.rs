@@ -44,6 +44,7 @@
 //! (`Stats::l2.bad_data`, metric `tiered_cache_l2_bad_data_total`) and logged
 //! (once per key, up to a bound), and never panics the process.
 
+pub(crate) mod batch;
 pub mod breaker;
 pub mod codec;
 pub mod envelope;

@@ -3,27 +3,19 @@
 //! statistics. Nothing in here returns an L2 error to a reading caller: a
 //! failure is a miss.
 //!
-//! # Read batching
-//!
-//! Reads from many tasks at once are merged: each read is queued to one
-//! batching task, which sends everything queued as a single `MGET` while at
-//! most [`MAX_IN_FLIGHT`] such batches are out. A lone read goes out at once
-//! (no added delay); under load, the reads that arrive while a batch is on the
-//! wire ride together in the next one. One `MGET` of 50 keys costs Redis and
-//! the client far less than 50 `GET`s — this is what lets the L2 path beat a
-//! hand-written `GET` per request (see BENCHMARKS.md).
+//! Reads from many tasks at once are merged into one `MGET`: see
+//! [`batch`](super::batch).
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::Either;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot};
 
+use super::batch::{Batcher, RawValues, MAX_BATCH_KEYS};
 use super::breaker::{Breaker, BreakerState, Transition};
 use super::envelope::{self, Decoded, Format, Meta};
 use super::layout::Layout;
@@ -42,22 +34,9 @@ const MAX_LOGGED_BAD_KEYS: usize = 1024;
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 /// Replay batch size.
 const REPLAY_BATCH: usize = 256;
-/// Read batches on the wire at once; more reads wait and are merged.
-const MAX_IN_FLIGHT: usize = 2;
-/// The most keys merged into one `MGET`.
-const MAX_BATCH_KEYS: usize = 512;
-
-/// The result of a raw L2 read.
-type RawValues = Result<Vec<Option<Vec<u8>>>, L2Error>;
 
 /// See `Tier::replayed`: (removed cache keys, written cache keys and versions).
 pub(crate) type ReplayHook = Arc<dyn Fn(Vec<String>, Vec<(String, u64)>) + Send + Sync>;
-
-/// A queued read.
-struct ReadRequest {
-    keys: Vec<String>,
-    reply: oneshot::Sender<RawValues>,
-}
 
 /// Counters behind `Stats::l2`.
 #[derive(Default)]
@@ -113,9 +92,8 @@ pub(crate) struct Tier {
     /// other instances again: their first notice came while L2 still held the
     /// old state.
     replayed: Mutex<Option<ReplayHook>>,
-    /// The batching task's queue (started on first read; restarted if its
-    /// runtime went away).
-    reads: Mutex<Option<mpsc::UnboundedSender<ReadRequest>>>,
+    /// Merges concurrent reads into one `MGET`.
+    reads: Batcher,
     counters: Counters,
     metrics: L2Handles,
 }
@@ -146,7 +124,7 @@ impl Tier {
             namespace,
             last_version: AtomicU64::new(0),
             logged_bad: Mutex::new(HashSet::new()),
-            reads: Mutex::new(None),
+            reads: Batcher::default(),
             replayed: Mutex::new(None),
             counters: Counters::default(),
         }
@@ -330,77 +308,15 @@ impl Tier {
         out
     }
 
-    /// Reads `keys` through the batching task (see the module docs).
+    /// Reads `keys`, merged with concurrent reads (see [`Batcher`]). A read
+    /// waits at most the L2 timeout for a batch to take it, then the call's
+    /// own timeout.
     async fn read(self: &Arc<Self>, keys: Vec<String>) -> RawValues {
-        let (reply, answer) = oneshot::channel();
-        let request = ReadRequest { keys, reply };
-        match self.enqueue(request) {
-            Ok(()) => {
-                // Bounded even if the batcher's runtime is not being driven:
-                // queueing plus the call's own timeout.
-                let limit = self.timeout.saturating_mul(2);
-                let Some(sleep) = crate::load::sleep_until(tokio::time::Instant::now() + limit)
-                else {
-                    return answer.await.unwrap_or_else(|_| Err(stopped()));
-                };
-                match futures_util::future::select(answer, std::pin::pin!(sleep)).await {
-                    Either::Left((answer, _)) => answer.unwrap_or_else(|_| Err(stopped())),
-                    Either::Right(_) => Err(L2Error::Timeout(limit)),
-                }
-            }
-            // No runtime to run a batcher on: read directly.
-            Err(request) => self.call(self.backend.get_many(&request.keys)).await,
-        }
-    }
-
-    fn enqueue(self: &Arc<Self>, request: ReadRequest) -> Result<(), ReadRequest> {
-        let mut queue = self.reads.lock();
-        let request = match queue.as_ref() {
-            Some(tx) => match tx.send(request) {
-                Ok(()) => return Ok(()),
-                // The batcher's runtime is gone (a cache used from several
-                // runtimes one after the other): start a new one below.
-                Err(mpsc::error::SendError(request)) => request,
-            },
-            None => request,
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Err(request);
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        runtime.spawn(batch_reads(Arc::downgrade(self), rx));
-        let sent = tx.send(request).map_err(|e| e.0);
-        *queue = Some(tx);
-        sent
-    }
-
-    /// Sends one merged `MGET` and hands each request its part.
-    ///
-    /// (A backend answering with the wrong number of values fails the batch.)
-    async fn read_batch(self: Arc<Self>, batch: Vec<ReadRequest>) {
-        let keys: Vec<String> = batch.iter().flat_map(|r| r.keys.iter().cloned()).collect();
-        let result = self.call(self.backend.get_many(&keys)).await;
-        match result {
-            Ok(values) if values.len() != keys.len() => {
-                let error =
-                    L2Error::Backend(format!("{} values for {} keys", values.len(), keys.len()));
-                for request in batch {
-                    let _ = request.reply.send(Err(error.clone()));
-                }
-            }
-            Ok(values) => {
-                let mut values = values.into_iter();
-                for request in batch {
-                    let part: Vec<_> = values.by_ref().take(request.keys.len()).collect();
-                    let _ = request.reply.send(Ok(part));
-                }
-            }
-            Err(error) => {
-                for request in batch {
-                    let _ = request.reply.send(Err(error.clone()));
-                }
-            }
-        }
+        self.reads
+            .read(keys, self.timeout, |keys| async move {
+                self.call(self.backend.get_many(&keys)).await
+            })
+            .await
     }
 
     fn bad_data(&self, redis_key: &str, reason: &str) {
@@ -703,39 +619,6 @@ impl Tier {
             }
         }
     }
-}
-
-/// The batching task: merges queued reads into `MGET`s, at most
-/// [`MAX_IN_FLIGHT`] at a time. Holds the tier weakly, so dropping the cache
-/// closes the queue and ends the task.
-async fn batch_reads(tier: Weak<Tier>, mut queue: mpsc::UnboundedReceiver<ReadRequest>) {
-    let mut in_flight = FuturesUnordered::new();
-    loop {
-        tokio::select! {
-            first = queue.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
-                let Some(first) = first else { break };
-                let mut n = first.keys.len();
-                let mut batch = vec![first];
-                while n < MAX_BATCH_KEYS {
-                    match queue.try_recv() {
-                        Ok(next) => {
-                            n += next.keys.len();
-                            batch.push(next);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let Some(tier) = tier.upgrade() else { break };
-                in_flight.push(tier.read_batch(batch));
-            }
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-        }
-    }
-    while in_flight.next().await.is_some() {}
-}
-
-fn stopped() -> L2Error {
-    L2Error::Backend("the read batcher stopped".into())
 }
 
 /// `f`, or [`L2Error::Timeout`] after `limit` (no limit when timers are
