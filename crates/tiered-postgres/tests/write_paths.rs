@@ -777,3 +777,107 @@ async fn an_append_redis_refuses_is_an_error_and_changes_nothing() {
     );
     assert_eq!(value(&store, "a").await.as_deref(), Some("old"));
 }
+
+/// A store whose calls wait until the test opens its gate (counting them).
+struct Gated {
+    store: PgStore<String>,
+    calls: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Store<String> for Gated {
+    fn apply<'a>(&'a self, batch: &'a [StoreWrite<String>]) -> StoreFuture<'a> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let _permit = self.gate.acquire().await;
+            self.store.apply(batch).await
+        })
+    }
+}
+
+/// Polls `check` every 50 ms, for 20 s at most.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_instances_confirming_the_same_entries_keep_the_count_exact() {
+    let redis = RedisServer::start();
+    let (_pg, store) = database().await;
+    let stream = |consumer: &str| {
+        StreamOptions::new(RedisL2::builder(redis.url()).build().unwrap()).consumer(consumer)
+    };
+    // Instance a takes the records and hangs in its store call…
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let slow = Gated {
+        store: store.clone(),
+        calls: Arc::clone(&calls),
+        gate: Arc::clone(&gate),
+    };
+    let a = Writer::builder(cache(), slow)
+        .redis_stream(stream("a"))
+        .start()
+        .await
+        .unwrap();
+    from_64_tasks(&a, |t, _| format!("k{t}")).await;
+    until("a's store call", || calls.load(Ordering::SeqCst) >= 1).await;
+    // …so b claims them as idle, writes and confirms them: every entry
+    // acknowledged and deleted, the count at zero.
+    let b = Writer::builder(cache(), store.clone())
+        .redis_stream(stream("b").claim_idle(Duration::from_millis(300)))
+        .start()
+        .await
+        .unwrap();
+    until("b confirmed a's entries", || {
+        redis.cli(&["XLEN", "{tiered-wb:items}"]).trim() == "0"
+    })
+    .await;
+    assert_eq!(redis.cli(&["GET", "{tiered-wb:items}:n"]).trim(), "0");
+    assert_eq!(store.dump().await.unwrap().len(), 64);
+    b.shutdown(WAIT).await;
+    // A third instance's records wait in the stream, read by its flusher and
+    // held there, so the stream is not empty when a confirms (an empty
+    // stream resets the count to zero, which would hide a wrong count).
+    let c = Writer::builder(cache(), store.clone())
+        .redis_stream(stream("c"))
+        .batch_size(100_000)
+        .flush_interval(Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    for i in 0..5 {
+        c.set_behind(&format!("c{i}"), "c".into()).await.unwrap();
+    }
+    until("c's flusher took its records", || {
+        redis
+            .cli(&["XPENDING", "{tiered-wb:items}", "tiered"])
+            .lines()
+            .next()
+            == Some("5")
+    })
+    .await;
+    assert_eq!(redis.cli(&["GET", "{tiered-wb:items}:n"]).trim(), "5");
+    // Now a's store call returns and a confirms the entries b already
+    // confirmed: its acknowledgements find them gone and must not lower the
+    // count. (Its shutdown lets its flusher finish the batch in progress,
+    // confirmation included.)
+    gate.add_permits(1_000_000);
+    until("a's store call returned", || a.stats().flushed > 0).await;
+    a.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(redis.cli(&["GET", "{tiered-wb:items}:n"]).trim(), "5");
+    assert!(c.flush(WAIT).await);
+    assert_eq!(redis.cli(&["GET", "{tiered-wb:items}:n"]).trim(), "0");
+    assert_eq!(redis.cli(&["XLEN", "{tiered-wb:items}"]).trim(), "0");
+    for t in 0..64 {
+        assert_eq!(
+            value(&store, &format!("k{t}")).await.as_deref(),
+            Some(format!("v{t}-19").as_str())
+        );
+    }
+    assert_eq!(store.dump().await.unwrap().len(), 64 + 5);
+}
