@@ -194,7 +194,8 @@ impl StreamQueue {
             appends,
             // KEYS: the stream, the count; ARGV: the group, then pairs of
             // entry id and its record count. Per entry, not one XDEL for
-            // all, to count only what this call deleted.
+            // all, to count only what this call deleted. Returns the count
+            // after (-1 if it is not a number).
             ack_script: redis::Script::new(
                 r"local gone = 0
                   for i = 2, #ARGV, 2 do
@@ -205,10 +206,12 @@ impl StreamQueue {
                   end
                   if redis.call('XLEN', KEYS[1]) == 0 then
                     redis.pcall('SET', KEYS[2], 0)
-                  elseif gone > 0 then
+                    return 0
+                  end
+                  if gone > 0 then
                     redis.pcall('DECRBY', KEYS[2], gone)
                   end
-                  return gone",
+                  return tonumber(redis.pcall('GET', KEYS[2])) or -1",
             ),
             handed: Mutex::new(Handed::default()),
             next_id: AtomicU64::new(1),
@@ -372,16 +375,19 @@ impl StreamQueue {
     /// deleted: another instance may have acknowledged the same entry (it
     /// claimed it while this one held it), or a retried call may repeat
     /// one. An empty stream resets the count to zero, so any drift ends there.
-    async fn ack(&self, conn: &mut Conn, done: &[(String, u64)]) -> Result<(), WriteError> {
+    /// Returns the count after, if it is a number.
+    async fn ack(
+        &self,
+        conn: &mut Conn,
+        done: &[(String, u64)],
+    ) -> Result<Option<u64>, WriteError> {
         let mut call = self.ack_script.key(&self.key);
         call.key(&self.count_key).arg(&self.options.group);
         for (stream_id, records) in done {
             call.arg(stream_id).arg(records);
         }
-        call.invoke_async::<RValue>(conn)
-            .await
-            .map(|_| ())
-            .map_err(queue_error)
+        let count: i64 = call.invoke_async(conn).await.map_err(queue_error)?;
+        Ok(u64::try_from(count).ok())
     }
 
     async fn read_group(
@@ -575,12 +581,17 @@ impl Queue for StreamQueue {
                     }
                 }
             }
-            acked?;
-            let _ = self
-                .depth
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-                    Some(d.saturating_sub(records))
-                });
+            match acked? {
+                // The stream's count, with what peers added and confirmed.
+                Some(count) => self.depth.store(count, Ordering::Relaxed),
+                None => {
+                    let _ = self
+                        .depth
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                            Some(d.saturating_sub(records))
+                        });
+                }
+            }
             Ok(())
         })
     }
