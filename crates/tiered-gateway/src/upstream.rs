@@ -149,7 +149,7 @@ impl tower::Service<Request<Body>> for Upstream {
             let started = Instant::now();
             let mut res = exchange(&inner, req).await?;
             if let (Err(e), Some(req)) = (&res, again) {
-                if !e.is_connect() {
+                if closed_under_us(e) {
                     tracing::debug!(error = %e, "no response from the origin; sending again");
                     res = exchange(&inner, req).await?;
                 }
@@ -216,6 +216,30 @@ async fn exchange(
             }
         }
     }
+}
+
+/// Whether an exchange failed because the connection was closed under it
+/// (the origin's end of the keep-alive race): the response ended before its
+/// head, or the connection was reset. Not a timeout, a refused connection or
+/// a response hyper could not parse: sending those again only doubles the
+/// load on an origin that is already failing.
+fn closed_under_us(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            if matches!(io.kind(), BrokenPipe | ConnectionAborted | ConnectionReset) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A copy of `req` to send again if its exchange fails before any response:

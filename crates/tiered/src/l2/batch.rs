@@ -18,6 +18,7 @@
 //! a cancelled reader can neither leak a slot nor strand the reads it was to
 //! send.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +48,7 @@ struct State {
     /// Batches on the wire (slots held by a [`Turn`]).
     in_flight: usize,
     /// Reads waiting for a slot, oldest first.
-    queue: Vec<Waiting>,
+    queue: VecDeque<Waiting>,
 }
 
 /// A queued read.
@@ -65,9 +66,10 @@ enum Reply {
 }
 
 /// The right to have one batch on the wire, with the reads to send in it.
-/// Dropped, it passes both on (see [`Turn::drop`]).
+/// Dropped, it passes both on (see [`pass_on`]).
 struct Turn {
-    state: Arc<Mutex<State>>,
+    /// `None` once the turn has been passed on by other means.
+    state: Option<Arc<Mutex<State>>>,
     /// The keys of the reader holding the turn (kept with the turn until it
     /// is received, as the reader's queued request is consumed to send it).
     own: Vec<String>,
@@ -79,7 +81,8 @@ impl Batcher {
     /// Reads `keys` with `send`, merged with concurrent reads. `send` is
     /// given the merged keys and must return one value per key, in order (an
     /// answer of another length fails the batch). A queued read waits at
-    /// most `wait` for its turn or its values.
+    /// most `wait` for its turn or its values (its values may come from
+    /// another reader's call, so `wait` must allow for queueing and a call).
     pub(crate) async fn read<F, Fut>(&self, keys: Vec<String>, wait: Duration, send: F) -> RawValues
     where
         F: FnOnce(Vec<String>) -> Fut,
@@ -94,7 +97,7 @@ impl Batcher {
                 Either::Left(keys)
             } else {
                 let (reply, answer) = oneshot::channel();
-                state.queue.push(Waiting { keys, reply });
+                state.queue.push_back(Waiting { keys, reply });
                 Either::Right(answer)
             }
         };
@@ -102,7 +105,7 @@ impl Batcher {
             Either::Right(answer) => answer,
             Either::Left(keys) => {
                 let turn = Turn {
-                    state: Arc::clone(&self.state),
+                    state: Some(Arc::clone(&self.state)),
                     own: keys,
                     waiting: Vec::new(),
                 };
@@ -176,45 +179,56 @@ where
 }
 
 impl Drop for Turn {
-    /// Passes the slot on: puts back any reads this turn did not answer,
-    /// then gives the slot and up to [`MAX_BATCH_KEYS`] keys' worth of queued
-    /// reads to the oldest queued reader, or frees the slot if none waits. A
-    /// reader gone meanwhile refuses the turn, whose drop passes it on again.
     fn drop(&mut self) {
-        let mut state = self.state.lock();
-        if !self.waiting.is_empty() {
-            let back = std::mem::take(&mut self.waiting);
-            state.queue.splice(0..0, back);
+        if let Some(state) = self.state.take() {
+            pass_on(&state, std::mem::take(&mut self.waiting));
         }
-        if state.queue.is_empty() {
-            state.in_flight -= 1;
-            return;
-        }
-        let mut keys = 0;
-        let take = state
-            .queue
-            .iter()
-            .take_while(|w| {
-                keys += w.keys.len();
-                keys <= MAX_BATCH_KEYS
-            })
-            .count()
-            .max(1);
-        let mut batch: Vec<Waiting> = state.queue.drain(..take).collect();
-        if batch.is_empty() {
-            // Not reached: the queue was not empty.
-            state.in_flight -= 1;
-            return;
-        }
-        drop(state);
-        let first = batch.remove(0);
+    }
+}
+
+/// Passes a slot on: puts back `unanswered` (reads a turn did not answer),
+/// drops queued reads whose reader is gone, then gives the slot and up to
+/// [`MAX_BATCH_KEYS`] keys' worth of queued reads to the oldest queued reader,
+/// or frees the slot if none waits. A loop, not recursion through `Drop`:
+/// a reader gone between the pruning and the hand-over refuses the turn, and
+/// the next one is tried.
+fn pass_on(state: &Arc<Mutex<State>>, mut unanswered: Vec<Waiting>) {
+    loop {
+        let (first, batch) = {
+            let mut guard = state.lock();
+            for w in unanswered.drain(..).rev() {
+                guard.queue.push_front(w);
+            }
+            guard.queue.retain(|w| !w.reply.is_closed());
+            let mut keys = 0;
+            let take = guard
+                .queue
+                .iter()
+                .take_while(|w| {
+                    keys += w.keys.len();
+                    keys <= MAX_BATCH_KEYS
+                })
+                .count()
+                .max(1);
+            let take = take.min(guard.queue.len());
+            let mut batch: Vec<Waiting> = guard.queue.drain(..take).collect();
+            if batch.is_empty() {
+                guard.in_flight -= 1;
+                return;
+            }
+            let first = batch.remove(0);
+            (first, batch)
+        };
         let turn = Turn {
-            state: Arc::clone(&self.state),
+            state: Some(Arc::clone(state)),
             own: first.keys,
             waiting: batch,
         };
-        // A refused turn is dropped here, which passes it on.
-        let _ = first.reply.send(Reply::Lead(turn));
+        let Err(Reply::Lead(mut refused)) = first.reply.send(Reply::Lead(turn)) else {
+            return;
+        };
+        refused.state = None;
+        unanswered = std::mem::take(&mut refused.waiting);
     }
 }
 
@@ -345,6 +359,67 @@ mod tests {
             assert_eq!(got, vec![Some(format!("q{}", i + 1).into_bytes())]);
         }
         assert!(calls.load(Ordering::SeqCst) >= 1);
+        assert_eq!(batcher.state.lock().in_flight, 0);
+        assert!(batcher.state.lock().queue.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_that_gave_up_are_skipped_and_the_next_live_one_is_served() {
+        let batcher = Arc::new(Batcher::default());
+        let gate = Arc::new(Semaphore::new(0));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let mut leaders = Vec::new();
+        for i in 0..MAX_IN_FLIGHT {
+            let (batcher, gate, seen) = (batcher.clone(), gate.clone(), sizes.clone());
+            leaders.push(tokio::spawn(async move {
+                batcher
+                    .read(vec![format!("l{i}")], WAIT, |keys| async move {
+                        gated(keys, &gate, &seen).await
+                    })
+                    .await
+            }));
+            while sizes.lock().len() <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+        // A long queue of reads that give up at once (each times out and
+        // leaves its entry behind, with no one to answer)…
+        let mut quitters = Vec::new();
+        for i in 0..20_000 {
+            let batcher = batcher.clone();
+            quitters.push(tokio::spawn(async move {
+                batcher
+                    .read(
+                        vec![format!("q{i}")],
+                        Duration::from_millis(1),
+                        |keys| async move { Ok(values(&keys)) },
+                    )
+                    .await
+            }));
+        }
+        for q in quitters {
+            assert!(matches!(q.await.expect("task"), Err(L2Error::Timeout(_))));
+        }
+        // …then one that waits.
+        let live = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move {
+                batcher
+                    .read(vec!["live".into()], WAIT, |keys| async move {
+                        Ok(values(&keys))
+                    })
+                    .await
+            })
+        };
+        while batcher.state.lock().queue.len() < 20_001 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(1000);
+        for l in leaders {
+            l.await.expect("task").expect("read");
+        }
+        let got = live.await.expect("task").expect("read");
+        assert_eq!(got, vec![Some(b"live".to_vec())]);
         assert_eq!(batcher.state.lock().in_flight, 0);
         assert!(batcher.state.lock().queue.is_empty());
     }

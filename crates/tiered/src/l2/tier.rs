@@ -308,12 +308,12 @@ impl Tier {
         out
     }
 
-    /// Reads `keys`, merged with concurrent reads (see [`Batcher`]). A read
-    /// waits at most the L2 timeout for a batch to take it, then the call's
-    /// own timeout.
+    /// Reads `keys`, merged with concurrent reads (see [`Batcher`]). A
+    /// queued read waits at most twice the L2 timeout: for a batch to take
+    /// it, then for that batch's call (itself bounded by the timeout).
     async fn read(self: &Arc<Self>, keys: Vec<String>) -> RawValues {
         self.reads
-            .read(keys, self.timeout, |keys| async move {
+            .read(keys, self.timeout.saturating_mul(2), |keys| async move {
                 self.call(self.backend.get_many(&keys)).await
             })
             .await

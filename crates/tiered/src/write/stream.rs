@@ -159,6 +159,11 @@ pub(crate) struct StreamQueue {
     claim_cursor: Mutex<Option<String>>,
     /// The record count as last read, plus appends since.
     depth: AtomicU64,
+    /// Records this instance has appended, ever. A count read from Redis
+    /// may predate an append that lands before the count is stored; adding
+    /// the appends made since the read began keeps that record in the
+    /// depth (counting one twice only makes `flush` look again).
+    appended: AtomicU64,
     max_version: u64,
 }
 
@@ -195,7 +200,7 @@ impl StreamQueue {
             // KEYS: the stream, the count; ARGV: the group, then pairs of
             // entry id and its record count. Per entry, not one XDEL for
             // all, to count only what this call deleted. Returns the count
-            // after (-1 if it is not a number).
+            // after (nil if it is not a number).
             ack_script: redis::Script::new(
                 r"local gone = 0
                   for i = 2, #ARGV, 2 do
@@ -211,7 +216,11 @@ impl StreamQueue {
                   if gone > 0 then
                     redis.pcall('DECRBY', KEYS[2], gone)
                   end
-                  return tonumber(redis.pcall('GET', KEYS[2])) or -1",
+                  local count = redis.pcall('GET', KEYS[2])
+                  if not count then
+                    return 0
+                  end
+                  return tonumber(count)",
             ),
             handed: Mutex::new(Handed::default()),
             next_id: AtomicU64::new(1),
@@ -223,6 +232,7 @@ impl StreamQueue {
             last_claim: Mutex::new(Instant::now()),
             claim_cursor: Mutex::new(None),
             depth: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
             max_version: 0,
             key,
         };
@@ -285,18 +295,28 @@ impl StreamQueue {
             .map_err(|e| WriteError::Queue(format!("Redis: {e}")))
     }
 
+    /// Takes `count`, read from Redis after `appended` appends, as the depth,
+    /// plus the appends made since.
+    fn set_depth(&self, count: u64, appended: u64) {
+        let since = self
+            .appended
+            .load(Ordering::Relaxed)
+            .saturating_sub(appended);
+        self.depth
+            .store(count.saturating_add(since), Ordering::Relaxed);
+    }
+
     /// Reads the record count. It is advisory: if it cannot be read or is
     /// not a number, the local figure stays and nothing else fails.
     async fn refresh_depth(&self, conn: &mut Conn) {
+        let appended = self.appended.load(Ordering::Relaxed);
         let count: Result<Option<i64>, _> = redis::cmd("GET")
             .arg(&self.count_key)
             .query_async(conn)
             .await;
         match count {
             // Below zero only if something else deleted entries.
-            Ok(count) => self
-                .depth
-                .store(count.unwrap_or(0).max(0) as u64, Ordering::Relaxed),
+            Ok(count) => self.set_depth(count.unwrap_or(0).max(0) as u64, appended),
             Err(e) => {
                 tracing::warn!(key = %self.count_key, error = %e, "write-behind stream: cannot read the record count");
             }
@@ -386,8 +406,9 @@ impl StreamQueue {
         for (stream_id, records) in done {
             call.arg(stream_id).arg(records);
         }
-        let count: i64 = call.invoke_async(conn).await.map_err(queue_error)?;
-        Ok(u64::try_from(count).ok())
+        let count: Option<i64> = call.invoke_async(conn).await.map_err(queue_error)?;
+        // Below zero only if something else deleted entries.
+        Ok(count.map(|c| c.max(0) as u64))
     }
 
     async fn read_group(
@@ -515,6 +536,7 @@ impl Queue for StreamQueue {
                 .map_err(|_| gone())?
                 .map_err(WriteError::Queue)?;
             self.depth.fetch_add(1, Ordering::Relaxed);
+            self.appended.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
     }
@@ -563,6 +585,7 @@ impl Queue for StreamQueue {
             }
             let records: u64 = done.iter().map(|(_, r)| r).sum();
             let ack: Vec<(String, u64)> = done.iter().map(|(s, r)| (s.to_string(), *r)).collect();
+            let appended = self.appended.load(Ordering::Relaxed);
             let acked = match self.conn().await {
                 Ok(mut conn) => self.ack(&mut conn, &ack).await,
                 Err(e) => Err(e),
@@ -583,7 +606,7 @@ impl Queue for StreamQueue {
             }
             match acked? {
                 // The stream's count, with what peers added and confirmed.
-                Some(count) => self.depth.store(count, Ordering::Relaxed),
+                Some(count) => self.set_depth(count, appended),
                 None => {
                     let _ = self
                         .depth
