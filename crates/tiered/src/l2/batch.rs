@@ -187,10 +187,10 @@ impl Drop for Turn {
 }
 
 /// Passes a slot on: puts back `unanswered` (reads a turn did not answer),
-/// drops queued reads whose reader is gone, then gives the slot and up to
+/// skips queued reads whose reader is gone, then gives the slot and up to
 /// [`MAX_BATCH_KEYS`] keys' worth of queued reads to the oldest queued reader,
 /// or frees the slot if none waits. A loop, not recursion through `Drop`:
-/// a reader gone between the pruning and the hand-over refuses the turn, and
+/// a reader gone between the check and the hand-over refuses the turn, and
 /// the next one is tried.
 fn pass_on(state: &Arc<Mutex<State>>, mut unanswered: Vec<Waiting>) {
     loop {
@@ -199,19 +199,20 @@ fn pass_on(state: &Arc<Mutex<State>>, mut unanswered: Vec<Waiting>) {
             for w in unanswered.drain(..).rev() {
                 guard.queue.push_front(w);
             }
-            guard.queue.retain(|w| !w.reply.is_closed());
+            // Readers that gave up are skipped as they come to the front.
+            let mut batch: Vec<Waiting> = Vec::new();
             let mut keys = 0;
-            let take = guard
-                .queue
-                .iter()
-                .take_while(|w| {
-                    keys += w.keys.len();
-                    keys <= MAX_BATCH_KEYS
-                })
-                .count()
-                .max(1);
-            let take = take.min(guard.queue.len());
-            let mut batch: Vec<Waiting> = guard.queue.drain(..take).collect();
+            while let Some(w) = guard.queue.pop_front() {
+                if w.reply.is_closed() {
+                    continue;
+                }
+                if !batch.is_empty() && keys + w.keys.len() > MAX_BATCH_KEYS {
+                    guard.queue.push_front(w);
+                    break;
+                }
+                keys += w.keys.len();
+                batch.push(w);
+            }
             if batch.is_empty() {
                 guard.in_flight -= 1;
                 return;

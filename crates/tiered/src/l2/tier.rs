@@ -310,7 +310,9 @@ impl Tier {
 
     /// Reads `keys`, merged with concurrent reads (see [`Batcher`]). A
     /// queued read waits at most twice the L2 timeout: for a batch to take
-    /// it, then for that batch's call (itself bounded by the timeout).
+    /// it, then for that batch's call (itself bounded by the timeout). A
+    /// queued read handed the next batch late in its wait then sends it, so
+    /// the worst case is about three timeouts.
     async fn read(self: &Arc<Self>, keys: Vec<String>) -> RawValues {
         self.reads
             .read(keys, self.timeout.saturating_mul(2), |keys| async move {

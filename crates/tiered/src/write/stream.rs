@@ -51,7 +51,7 @@
 //! the sweep is through.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -157,13 +157,14 @@ pub(crate) struct StreamQueue {
     /// through the whole stream, so a dead instance's backlog longer than one
     /// read is claimed in one go, not one read per `claim_idle`.
     claim_cursor: Mutex<Option<String>>,
-    /// The record count as last read, plus appends since.
-    depth: AtomicU64,
-    /// Records this instance has appended, ever. A count read from Redis
-    /// may predate an append that lands before the count is stored; adding
-    /// the appends made since the read began keeps that record in the
-    /// depth (counting one twice only makes `flush` look again).
+    /// Records this instance has appended, ever.
     appended: AtomicU64,
+    /// The depth is `base + appended`: `base` is the record count as last
+    /// read less the appends made before that read began. So an append that
+    /// lands while a count is on its way is never lost from the depth (one
+    /// the count already holds is counted twice, which only makes `flush`
+    /// look again). Nothing is ever stored over a concurrent append.
+    base: AtomicI64,
     max_version: u64,
 }
 
@@ -231,8 +232,8 @@ impl StreamQueue {
             own_cursor: Mutex::new("0".into()),
             last_claim: Mutex::new(Instant::now()),
             claim_cursor: Mutex::new(None),
-            depth: AtomicU64::new(0),
             appended: AtomicU64::new(0),
+            base: AtomicI64::new(0),
             max_version: 0,
             key,
         };
@@ -295,15 +296,13 @@ impl StreamQueue {
             .map_err(|e| WriteError::Queue(format!("Redis: {e}")))
     }
 
-    /// Takes `count`, read from Redis after `appended` appends, as the depth,
-    /// plus the appends made since.
+    /// Takes `count`, read from Redis after `appended` appends, as the depth
+    /// (plus the appends made since: see `base`).
     fn set_depth(&self, count: u64, appended: u64) {
-        let since = self
-            .appended
-            .load(Ordering::Relaxed)
-            .saturating_sub(appended);
-        self.depth
-            .store(count.saturating_add(since), Ordering::Relaxed);
+        let base = i64::try_from(count)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(appended).unwrap_or(i64::MAX));
+        self.base.store(base, Ordering::Relaxed);
     }
 
     /// Reads the record count. It is advisory: if it cannot be read or is
@@ -517,7 +516,9 @@ impl StreamQueue {
 
 impl Queue for StreamQueue {
     fn depth(&self) -> u64 {
-        self.depth.load(Ordering::Relaxed)
+        let appended = i64::try_from(self.appended.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        let depth = self.base.load(Ordering::Relaxed).saturating_add(appended);
+        u64::try_from(depth).unwrap_or(0)
     }
 
     fn bytes(&self) -> u64 {
@@ -535,7 +536,6 @@ impl Queue for StreamQueue {
                 .await
                 .map_err(|_| gone())?
                 .map_err(WriteError::Queue)?;
-            self.depth.fetch_add(1, Ordering::Relaxed);
             self.appended.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
@@ -607,11 +607,16 @@ impl Queue for StreamQueue {
             match acked? {
                 // The stream's count, with what peers added and confirmed.
                 Some(count) => self.set_depth(count, appended),
+                // No count: lower the depth by what was confirmed, to no
+                // less than zero (then every later append still shows).
                 None => {
+                    let records = i64::try_from(records).unwrap_or(i64::MAX);
+                    let floor =
+                        -i64::try_from(self.appended.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
                     let _ = self
-                        .depth
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
-                            Some(d.saturating_sub(records))
+                        .base
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                            Some(b.saturating_sub(records).max(floor))
                         });
                 }
             }
