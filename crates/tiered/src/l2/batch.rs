@@ -252,6 +252,30 @@ mod tests {
         Ok(values(&keys))
     }
 
+    /// Fills every slot with a read whose call waits at `gate`; returns the
+    /// readers once each has sent its call.
+    async fn fill_slots(
+        batcher: &Arc<Batcher>,
+        gate: &Arc<Semaphore>,
+        sizes: &Arc<Mutex<Vec<usize>>>,
+    ) -> Vec<tokio::task::JoinHandle<RawValues>> {
+        let mut leaders = Vec::new();
+        for i in 0..MAX_IN_FLIGHT {
+            let (batcher, gate, seen) = (batcher.clone(), gate.clone(), sizes.clone());
+            leaders.push(tokio::spawn(async move {
+                batcher
+                    .read(vec![format!("l{i}")], WAIT, |keys| async move {
+                        gated(keys, &gate, &seen).await
+                    })
+                    .await
+            }));
+            while sizes.lock().len() <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+        leaders
+    }
+
     #[tokio::test]
     async fn a_lone_read_is_sent_at_once() {
         let batcher = Batcher::default();
@@ -318,20 +342,7 @@ mod tests {
         let gate = Arc::new(Semaphore::new(0));
         let sizes = Arc::new(Mutex::new(Vec::new()));
         // Fill both slots with reads that never return…
-        let mut leaders = Vec::new();
-        for i in 0..MAX_IN_FLIGHT {
-            let (batcher, gate, seen) = (batcher.clone(), gate.clone(), sizes.clone());
-            leaders.push(tokio::spawn(async move {
-                let _ = batcher
-                    .read(vec![format!("l{i}")], WAIT, |keys| async move {
-                        gated(keys, &gate, &seen).await
-                    })
-                    .await;
-            }));
-            while sizes.lock().len() <= i {
-                tokio::task::yield_now().await;
-            }
-        }
+        let leaders = fill_slots(&batcher, &gate, &sizes).await;
         // …queue reads behind them, one of which is given up on…
         let calls = Arc::new(AtomicUsize::new(0));
         let mut queued = Vec::new();
@@ -369,20 +380,7 @@ mod tests {
         let batcher = Arc::new(Batcher::default());
         let gate = Arc::new(Semaphore::new(0));
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let mut leaders = Vec::new();
-        for i in 0..MAX_IN_FLIGHT {
-            let (batcher, gate, seen) = (batcher.clone(), gate.clone(), sizes.clone());
-            leaders.push(tokio::spawn(async move {
-                batcher
-                    .read(vec![format!("l{i}")], WAIT, |keys| async move {
-                        gated(keys, &gate, &seen).await
-                    })
-                    .await
-            }));
-            while sizes.lock().len() <= i {
-                tokio::task::yield_now().await;
-            }
-        }
+        let leaders = fill_slots(&batcher, &gate, &sizes).await;
         // A long queue of reads that give up at once (each times out and
         // leaves its entry behind, with no one to answer)…
         let mut quitters = Vec::new();
