@@ -11,7 +11,7 @@
 //! engine L1 would be: entries weigh 1 KiB against a 100 MiB budget (which gives
 //! it its usual shards); the peers are sized in entries. `ns/op` is per thread.
 //!
-//! Run: `cargo run --release -p tiered-bench --bin throughput -- [--threads 2] [--ops N] [--rounds N]`
+//! Run: `cargo run --release -p tiered-bench --bin throughput -- [--threads 2] [--ops N] [--rounds N] [--only tiered,quick_cache]`
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
@@ -154,15 +154,28 @@ fn main() {
     let mut threads = 2usize;
     let mut ops = 2_000_000usize;
     let mut rounds = 5usize;
+    let all = ["tiered", "moka-sync", "moka-future", "quick_cache"];
+    let mut names: Vec<&str> = all.to_vec();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value: Option<usize> = args.next().and_then(|v| v.parse().ok());
-        match (flag.as_str(), value) {
+        let value = args.next().unwrap_or_default();
+        let number: Option<usize> = value.parse().ok();
+        match (flag.as_str(), number) {
             ("--threads", Some(v)) if v > 0 => threads = v,
             ("--ops", Some(v)) if v > 0 => ops = v,
             ("--rounds", Some(v)) if v > 0 => rounds = v,
+            // A subset of the caches (e.g. to profile one under `perf`).
+            ("--only", _) if value.split(',').all(|n| all.contains(&n)) => {
+                names = all
+                    .into_iter()
+                    .filter(|n| value.split(',').any(|v| v == *n))
+                    .collect();
+            }
             _ => {
-                eprintln!("usage: throughput [--threads N] [--ops N] [--rounds N]");
+                eprintln!(
+                    "usage: throughput [--threads N] [--ops N] [--rounds N] [--only {}]",
+                    all.join(",")
+                );
                 std::process::exit(2);
             }
         }
@@ -206,7 +219,6 @@ fn main() {
         }
         cache
     };
-    let names = ["tiered", "moka-sync", "moka-future", "quick_cache"];
     println!("# throughput: Zipf s=1.0 over {KEYS} keys, caches hold {HELD}; {threads} threads x {ops} ops; median of {rounds} rounds");
     println!(
         "{:<12} {:<8} {:>9} {:>13} {:>9} {:>9}",
@@ -221,7 +233,11 @@ fn main() {
             }
         }
         let medians: Vec<f64> = samples.into_iter().map(median).collect();
-        let moka = medians[1];
+        // Ratios are to moka-sync when it ran (to the first cache otherwise).
+        let moka = names
+            .iter()
+            .position(|n| *n == "moka-sync")
+            .map_or(medians[0], |i| medians[i]);
         for ((name, ns), cache) in names.iter().zip(&medians).zip(&caches) {
             // Hit ratio of the state the rounds left, on a fresh sample of draws.
             let probe = zipf_draws(&cdf, 100_000, 99);

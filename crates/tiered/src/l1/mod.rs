@@ -33,8 +33,10 @@
 //! `BENCHMARKS.md` for hit ratios on real traces next to moka and quick_cache.
 //!
 //! A hit does not touch the policy directly: it records itself in the shard's
-//! read buffer under the shared lock, and the buffer is replayed under the write
-//! lock (see `l1/shard.rs`), so readers never serialize on each other. Entries
+//! read buffer under the shared lock, and the buffer is replayed under the
+//! policy's own lock (see `l1/shard.rs`), so readers never serialize on each
+//! other nor wait for another reader's replay (only a writer waits for it, and
+//! readers queued behind that writer). Entries
 //! past their end of life are reclaimed when the cold ends of the lists are
 //! examined on each insert — no background thread.
 
@@ -56,7 +58,7 @@ use shard::Shard;
 /// weight: value size plus key length): the `Arc`ed entry with its metadata, the
 /// map slot, the policy node and frequency-sketch share, and allocator slack.
 /// Checked by a test that fills a cache with 1,000,000 values of random sizes
-/// (`tests/memory.rs`; about 420 bytes measured there, the largest part being
+/// (`tests/memory.rs`; about 465 bytes measured there, the largest part being
 /// the entry's own metadata). Tags and dependencies add their own lengths on top.
 pub const ENTRY_OVERHEAD: u64 = 512;
 
@@ -119,7 +121,10 @@ impl<V> L1<V> {
     }
 
     fn shard(&self, hash: u64) -> &RwLock<Shard<V>> {
-        // High bits pick the shard; the map inside uses its own hashing.
+        // Bits 32 and up pick the shard. The shard's table uses the same hash:
+        // its low bits for the bucket, its top 7 bits as a tag. Picking the
+        // shard from the top bits would give every key of a shard the same
+        // tag bits and slow its lookups.
         let idx = (hash >> 32) as usize & (self.shards.len() - 1);
         &self.shards[idx].0
     }
@@ -135,22 +140,13 @@ impl<V> L1<V> {
         read: impl FnOnce(&Arc<Entry<V>>) -> R,
     ) -> Option<R> {
         let hash = self.hasher.hash_one(key);
-        let shard = self.shard(hash);
-        let (out, drain) = shard.read().get_with(key, read)?;
-        if drain {
-            // Whoever fills the read buffer replays it, if the lock is free;
-            // otherwise the next writer will.
-            if let Some(mut shard) = shard.try_write() {
-                shard.drain_reads();
-            }
-        }
-        Some(out)
+        self.shard(hash).read().get_with(hash, key, read)
     }
 
     /// The entry at `key` without counting an access (for `contains`-like peeks).
     pub(crate) fn peek(&self, key: &str) -> Option<Arc<Entry<V>>> {
         let hash = self.hasher.hash_one(key);
-        self.shard(hash).read().peek(key)
+        self.shard(hash).read().peek(hash, key)
     }
 
     /// Stores `entry` at `key`, evicting first if the shard needs room.
@@ -165,13 +161,13 @@ impl<V> L1<V> {
     /// Removes `key`, returning what was there.
     pub(crate) fn remove(&self, key: &str) -> Option<Arc<Entry<V>>> {
         let hash = self.hasher.hash_one(key);
-        self.shard(hash).write().remove(key)
+        self.shard(hash).write().remove(hash, key)
     }
 
     /// Removes `key` only if it still holds exactly `entry`.
     pub(crate) fn remove_entry(&self, key: &str, entry: &Arc<Entry<V>>) -> bool {
         let hash = self.hasher.hash_one(key);
-        self.shard(hash).write().remove_if_same(key, entry)
+        self.shard(hash).write().remove_if_same(hash, key, entry)
     }
 
     /// The keys held that satisfy `pred` (one shard read-locked at a time).

@@ -7,20 +7,33 @@
 //! access; taking the shard's write lock on every read would serialize readers.
 //! Instead a hit records the entry's token in a small lossy buffer (an atomic
 //! increment and a store, under the shared lock), and the buffer is replayed into
-//! the policy under the write lock — by the reader that fills it (if the lock is
-//! free) and before every insert. (Removals need not replay it: a recorded hit on
-//! a removed entry is ignored by its generation check.) Under heavy contention a full buffer drops
-//! records: the policy then sees a sample of the hits, which is what Caffeine
-//! does too and costs little hit ratio.
+//! the policy — by the reader that fills it and before every insert. (Removals
+//! need not replay it: a recorded hit on a removed entry is ignored by its
+//! generation check.) Under heavy contention a full buffer drops records: the
+//! policy then sees a sample of the hits, which is what Caffeine does too and
+//! costs little hit ratio.
+//!
+//! # Why the policy has its own lock
+//!
+//! The map is behind the shard's `RwLock`; the policy is behind a `Mutex` of its
+//! own inside it. A reader that fills the buffer replays it holding only the
+//! *shared* map lock and the policy's mutex (and skips the replay if another
+//! thread holds the mutex), so the other readers of the shard keep reading while
+//! a replay runs. When the replay needed the map's write lock, every reader of
+//! the shard waited for it — parked in the kernel, measured as ~12% of the
+//! read benchmark's time in futex waits and wake-ups. Writers hold the map's
+//! write lock and so reach the policy without locking (`Mutex::get_mut`).
 //!
 //! The buffer is striped by thread ([`READ_STRIPES`] stripes, each on its own
 //! cache lines), as Caffeine's is: threads reading the same shard then write
 //! to different counters and slots instead of passing one cache line back and
 //! forth on every hit.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
+use parking_lot::Mutex;
 
 use crate::clock::Timestamp;
 use crate::entry::Entry;
@@ -36,8 +49,45 @@ const READ_STRIPES: usize = 4;
 const EXPIRY_PROBE: usize = 4;
 
 struct Slot<V> {
+    key: Arc<str>,
+    /// The key's first bytes, so that a lookup of a short key compares it
+    /// without reading the heap. A hit must compare the whole key, and reading
+    /// `key`'s bytes was a cache miss of its own on every hit (14% of the Zipf
+    /// read benchmark's time); keys of up to [`INLINE_KEY`] bytes (`user:42`,
+    /// most ids with a prefix) are now compared within the slot. The slot is
+    /// then 64 bytes.
+    prefix: [u8; INLINE_KEY],
+    /// The key's hash (the tier's hasher), kept so the table can grow without
+    /// hashing keys again, and checked before the key is compared.
+    hash: u64,
     entry: Arc<Entry<V>>,
     token: Token,
+}
+
+/// Key bytes kept inline in a slot.
+const INLINE_KEY: usize = 24;
+
+impl<V> Slot<V> {
+    fn prefix_of(key: &str) -> [u8; INLINE_KEY] {
+        let mut prefix = [0; INLINE_KEY];
+        let n = key.len().min(INLINE_KEY);
+        prefix[..n].copy_from_slice(&key.as_bytes()[..n]);
+        prefix
+    }
+
+    /// Is this the slot of `key` (whose hash is `hash`)?
+    fn is(&self, hash: u64, key: &str) -> bool {
+        let n = key.len();
+        // The length sits in the `Arc<str>` fat pointer, in the slot itself.
+        if self.hash != hash || self.key.len() != n {
+            return false;
+        }
+        if n <= INLINE_KEY {
+            self.prefix[..n] == key.as_bytes()[..]
+        } else {
+            *self.key == *key
+        }
+    }
 }
 
 /// One stripe of the read buffer, aligned so stripes share no cache line.
@@ -64,32 +114,40 @@ impl ReadBuffer {
         }
     }
 
-    /// Records a hit; true when the buffer is full and should be drained.
+    /// Records a hit; true when the buffer is full and should be drained
+    /// (asked once per `READ_BUFFER` records, so a buffer whose drain was
+    /// skipped asks again later rather than on every read).
     fn record(&self, t: Token) -> bool {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         if i < READ_BUFFER {
             self.slots[i].store(t.pack(), Ordering::Relaxed);
         }
-        i + 1 >= READ_BUFFER
+        (i + 1).is_multiple_of(READ_BUFFER)
     }
 
-    /// Takes every recorded token (exclusive access: no reader is running).
-    fn drain(&mut self, mut f: impl FnMut(Token)) {
-        let n = (*self.next.get_mut()).min(READ_BUFFER);
-        for slot in &mut self.slots[..n] {
-            if let Some(t) = Token::unpack(std::mem::take(slot.get_mut())) {
+    /// Takes the recorded tokens. Readers may record concurrently: one that
+    /// took an index before the reset and stores after the slot was taken leaves
+    /// its token for the next drain (or a later reader overwrites it). Tokens are
+    /// self-checking (generation), so a late or lost record only costs accuracy.
+    fn drain(&self, mut f: impl FnMut(Token)) {
+        let n = self.next.load(Ordering::Relaxed).min(READ_BUFFER);
+        for slot in &self.slots[..n] {
+            if let Some(t) = Token::unpack(slot.swap(0, Ordering::Relaxed)) {
                 f(t);
             }
         }
-        *self.next.get_mut() = 0;
+        self.next.store(0, Ordering::Relaxed);
     }
 }
 
+/// One shard. Every method takes the key's hash from the caller (the tier
+/// hashes each key once, for the shard choice and the table alike: a
+/// `hashbrown::HashTable` rather than a `HashMap`, which would hash it again).
 pub(super) struct Shard<V> {
-    map: HashMap<Arc<str>, Slot<V>, foldhash::fast::RandomState>,
-    /// Token index → key, to find an evicted entry's key.
-    keys: Vec<Option<Arc<str>>>,
-    policy: Policy,
+    map: HashTable<Slot<V>>,
+    /// Locked by readers replaying the read buffer; writers (holding the
+    /// shard's write lock) use it through `get_mut`.
+    policy: Mutex<Policy>,
     budget: u64,
     reads: Box<[ReadBuffer; READ_STRIPES]>,
 }
@@ -97,9 +155,8 @@ pub(super) struct Shard<V> {
 impl<V> Shard<V> {
     pub(super) fn new(budget: u64, entries: Option<u64>) -> Self {
         Shard {
-            map: HashMap::default(),
-            keys: Vec::new(),
-            policy: Policy::new(budget, entries),
+            map: HashTable::new(),
+            policy: Mutex::new(Policy::new(budget, entries)),
             budget,
             reads: Box::new(std::array::from_fn(|_| ReadBuffer::new())),
         }
@@ -110,35 +167,47 @@ impl<V> Shard<V> {
     }
 
     pub(super) fn bytes(&self) -> u64 {
-        self.policy.weight()
+        self.policy.lock().weight()
     }
 
-    /// `read` of the entry at `key`, recording the hit; the flag asks the
-    /// caller to drain the read buffer (see [`drain_reads`](Self::drain_reads)).
+    /// `read` of the entry at `key`, recording the hit (and replaying the read
+    /// buffer if this hit filled it and no other thread is replaying).
     pub(super) fn get_with<R>(
         &self,
+        hash: u64,
         key: &str,
         read: impl FnOnce(&Arc<Entry<V>>) -> R,
-    ) -> Option<(R, bool)> {
-        let slot = self.map.get(key)?;
-        let full = self.reads[stripe()].record(slot.token);
-        Some((read(&slot.entry), full))
+    ) -> Option<R> {
+        let slot = self.map.find(hash, |s| s.is(hash, key))?;
+        let out = read(&slot.entry);
+        if self.reads[stripe()].record(slot.token) {
+            if let Some(mut policy) = self.policy.try_lock() {
+                Self::replay(&self.reads, &mut policy);
+            }
+        }
+        Some(out)
     }
 
     #[cfg(test)]
-    pub(super) fn get(&self, key: &str) -> Option<(Arc<Entry<V>>, bool)> {
-        self.get_with(key, Arc::clone)
+    pub(super) fn get(&self, hash: u64, key: &str) -> Option<Arc<Entry<V>>> {
+        self.get_with(hash, key, Arc::clone)
     }
 
-    pub(super) fn peek(&self, key: &str) -> Option<Arc<Entry<V>>> {
-        self.map.get(key).map(|slot| Arc::clone(&slot.entry))
+    pub(super) fn peek(&self, hash: u64, key: &str) -> Option<Arc<Entry<V>>> {
+        let slot = self.map.find(hash, |s| s.is(hash, key))?;
+        Some(Arc::clone(&slot.entry))
     }
 
     /// Replays recorded hits into the policy.
-    pub(super) fn drain_reads(&mut self) {
-        let policy = &mut self.policy;
-        for stripe in self.reads.iter_mut() {
-            stripe.drain(|t| policy.on_hit(t));
+    fn replay(reads: &[ReadBuffer; READ_STRIPES], policy: &mut Policy) {
+        for stripe in reads {
+            let mut batch = [Token::NONE; READ_BUFFER];
+            let mut n = 0;
+            stripe.drain(|t| {
+                batch[n] = t;
+                n += 1;
+            });
+            policy.on_hits(&batch[..n]);
         }
     }
 
@@ -150,13 +219,14 @@ impl<V> Shard<V> {
         weight: u64,
         now: Timestamp,
     ) -> Inserted {
-        self.drain_reads();
+        let policy = self.policy.get_mut();
+        Self::replay(&self.reads, policy);
         let mut out = Inserted::default();
         if weight > self.budget {
-            self.remove(&key); // too heavy to ever fit; the old value is outdated
+            self.remove(hash, &key); // too heavy to ever fit; the old value is outdated
             return out;
         }
-        if let Some(slot) = self.map.get_mut(&*key) {
+        if let Some(slot) = self.map.find_mut(hash, |s| s.is(hash, &key)) {
             // A replacement keeps the key's place and counts as an access, which
             // moves it to the recent end of its list: a hot key written often
             // (write-through) stays where its popularity put it. (In one corner —
@@ -165,99 +235,110 @@ impl<V> Shard<V> {
             // then false.)
             slot.entry = entry;
             let token = slot.token;
-            self.policy.update_weight(token, weight);
-            self.policy.on_hit(token);
+            policy.update_weight(token, weight);
+            policy.on_hit(token);
         } else {
-            let token = self.policy.insert(hash, weight);
-            let i = token.index as usize;
-            if self.keys.len() <= i {
-                self.keys.resize(i + 1, None);
-            }
-            self.keys[i] = Some(Arc::clone(&key));
-            self.map.insert(Arc::clone(&key), Slot { entry, token });
+            let token = policy.insert(hash, weight);
+            let slot = Slot {
+                prefix: Slot::<V>::prefix_of(&key),
+                key: Arc::clone(&key),
+                hash,
+                entry,
+                token,
+            };
+            self.map.insert_unique(hash, slot, |s| s.hash);
         }
         // Reclaim expired entries at the cold ends first: no background thread.
-        for t in self.policy.coldest(EXPIRY_PROBE) {
-            let expired = self
-                .key_of(t)
-                .and_then(|k| self.map.get(k))
-                .is_some_and(|s| s.entry.is_gone(now));
+        for t in policy.coldest(EXPIRY_PROBE) {
+            let expired = self.slot_of(t).is_some_and(|s| s.entry.is_gone(now));
             if expired {
                 self.evict_token(t);
             }
         }
-        while let Some(victim) = self.policy.evict() {
+        while let Some(victim) = self.policy.get_mut().evict() {
             self.evict_token(victim);
             out.evicted += 1;
         }
-        out.stored = self.map.contains_key(&*key);
+        out.stored = self.map.find(hash, |s| s.is(hash, &key)).is_some();
         out
     }
 
     /// The keys held, for a scan (pattern invalidation).
     pub(crate) fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.keys.iter().flatten()
+        self.map.iter().map(|s| &s.key)
     }
 
-    fn key_of(&self, t: Token) -> Option<&Arc<str>> {
-        self.keys.get(t.index as usize)?.as_ref()
+    /// The slot of a policy token (found by the hash the policy keeps).
+    fn slot_of(&mut self, t: Token) -> Option<&Slot<V>> {
+        let hash = self.policy.get_mut().hash_of(t)?;
+        self.map.find(hash, |s| s.token == t)
     }
 
     fn evict_token(&mut self, t: Token) {
-        if !self.policy.valid(t) {
-            return;
+        let policy = self.policy.get_mut();
+        let Some(hash) = policy.hash_of(t) else {
+            return; // already gone
+        };
+        if let Ok(slot) = self.map.find_entry(hash, |s| s.token == t) {
+            slot.remove();
         }
-        if let Some(key) = self.keys.get_mut(t.index as usize).and_then(Option::take) {
-            self.map.remove(&key);
-        }
-        self.policy.remove(t);
+        policy.remove(t);
     }
 
-    pub(super) fn remove(&mut self, key: &str) -> Option<Arc<Entry<V>>> {
-        let slot = self.map.remove(key)?;
-        if let Some(k) = self.keys.get_mut(slot.token.index as usize) {
-            *k = None;
-        }
-        self.policy.remove(slot.token);
+    pub(super) fn remove(&mut self, hash: u64, key: &str) -> Option<Arc<Entry<V>>> {
+        let (slot, _) = self
+            .map
+            .find_entry(hash, |s| s.is(hash, key))
+            .ok()?
+            .remove();
+        self.policy.get_mut().remove(slot.token);
         Some(slot.entry)
     }
 
-    pub(super) fn remove_if_same(&mut self, key: &str, entry: &Arc<Entry<V>>) -> bool {
-        match self.map.get(key) {
-            Some(slot) if Arc::ptr_eq(&slot.entry, entry) => self.remove(key).is_some(),
+    pub(super) fn remove_if_same(&mut self, hash: u64, key: &str, entry: &Arc<Entry<V>>) -> bool {
+        match self.map.find(hash, |s| s.is(hash, key)) {
+            Some(slot) if Arc::ptr_eq(&slot.entry, entry) => self.remove(hash, key).is_some(),
             _ => false,
         }
     }
 
     pub(super) fn clear(&mut self) {
         self.map.clear();
-        self.keys.clear();
-        self.policy.clear();
+        self.policy.get_mut().clear();
+        // Every slot, not just the recorded ones: the new policy's generations
+        // start again, so a leftover token could match a new entry.
         for stripe in self.reads.iter_mut() {
-            stripe.drain(|_| {});
+            for slot in &mut stripe.slots {
+                *slot.get_mut() = 0;
+            }
+            *stripe.next.get_mut() = 0;
         }
     }
 
     /// Slab slots in the policy, live or free.
     #[cfg(test)]
     pub(super) fn queued(&self) -> usize {
-        self.policy.slots()
+        self.policy.lock().slots()
     }
 
     /// The map and the policy agree, and the budget holds.
     #[cfg(test)]
     pub(super) fn check_invariants(&self) {
-        self.policy.check();
+        self.policy.lock().check();
         assert!(
             self.bytes() <= self.budget,
             "{} > {}",
             self.bytes(),
             self.budget
         );
-        for (key, slot) in &self.map {
-            assert_eq!(self.key_of(slot.token), Some(key), "key table out of sync");
+        let policy = self.policy.lock();
+        for slot in &self.map {
+            assert_eq!(
+                policy.hash_of(slot.token),
+                Some(slot.hash),
+                "policy out of sync"
+            );
         }
-        let live = self.keys.iter().filter(|k| k.is_some()).count();
-        assert_eq!(live, self.map.len());
+        assert_eq!(policy.len(), self.map.len());
     }
 }

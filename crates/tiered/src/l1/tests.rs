@@ -9,9 +9,13 @@ use crate::entry::Entry;
 const NOW: Timestamp = Timestamp::from_nanos(1_000_000_000_000);
 
 fn entry(weight: u64, lives: Duration) -> Arc<Entry<u32>> {
+    entry_of(0, weight, lives)
+}
+
+fn entry_of(value: u32, weight: u64, lives: Duration) -> Arc<Entry<u32>> {
     let until = NOW.saturating_add(lives);
     Arc::new(Entry {
-        value: Some(Arc::new(0)),
+        value: Some(Arc::new(value)),
         born: 0,
         version: 0,
         created: NOW,
@@ -51,10 +55,10 @@ fn never_exceeds_the_budget_under_random_operations() {
                 assert!(inserted.stored);
             }
             7 => {
-                shard.remove(&key(k));
+                shard.remove(k, &key(k));
             }
             _ => {
-                shard.get(&key(k));
+                shard.get(k, &key(k));
             }
         }
         assert!(
@@ -73,7 +77,7 @@ fn a_value_heavier_than_the_budget_is_not_stored_and_replaces_nothing_stale() {
     let out = shard.insert(key(1), 1, entry(101, HOUR), 101, NOW);
     assert!(!out.stored);
     // The old value is gone too: keeping it would serve outdated data.
-    assert!(shard.get(&key(1)).is_none());
+    assert!(shard.get(1, &key(1)).is_none());
     assert_eq!(shard.bytes(), 0);
 }
 
@@ -98,13 +102,13 @@ fn frequently_hit_keys_survive_a_scan() {
     }
     for _ in 0..3 {
         for k in 0..50 {
-            assert!(shard.get(&key(k)).is_some());
+            assert!(shard.get(k, &key(k)).is_some());
         }
     }
     for k in 1000..3000 {
         shard.insert(key(k), k, entry(10, HOUR), 10, NOW);
     }
-    let survivors = (0..50).filter(|&k| shard.get(&key(k)).is_some()).count();
+    let survivors = (0..50).filter(|&k| shard.get(k, &key(k)).is_some()).count();
     assert!(
         survivors >= 45,
         "only {survivors} of 50 hot keys survived the scan"
@@ -117,7 +121,7 @@ fn expired_entries_are_reclaimed_before_live_ones_are_evicted() {
     // Five expired entries (hit, so they would otherwise be promoted) ...
     for k in 0..5 {
         shard.insert(key(k), k, entry(10, Duration::from_secs(1)), 10, NOW);
-        shard.get(&key(k));
+        shard.get(k, &key(k));
     }
     for k in 5..10 {
         shard.insert(key(k), k, entry(10, HOUR), 10, NOW);
@@ -130,7 +134,7 @@ fn expired_entries_are_reclaimed_before_live_ones_are_evicted() {
         "expired entries made the room; no live eviction"
     );
     for k in 5..=10 {
-        assert!(shard.get(&key(k)).is_some(), "live key {k} kept");
+        assert!(shard.get(k, &key(k)).is_some(), "live key {k} kept");
     }
 }
 
@@ -138,8 +142,9 @@ fn expired_entries_are_reclaimed_before_live_ones_are_evicted() {
 fn queues_stay_bounded_under_insert_remove_churn() {
     let mut shard: Shard<u32> = Shard::new(1 << 20, None);
     for round in 0..100_000u64 {
-        shard.insert(key(round % 7), round, entry(10, HOUR), 10, NOW);
-        shard.remove(&key(round % 7));
+        let k = round % 7;
+        shard.insert(key(k), k, entry(10, HOUR), 10, NOW);
+        assert!(shard.remove(k, &key(k)).is_some());
     }
     assert!(shard.queued() < 200, "{} dead queue nodes", shard.queued());
 }
@@ -186,4 +191,93 @@ fn an_unbounded_budget_does_not_overflow() {
     }
     assert_eq!(cache.len(), 1000);
     assert_eq!(cache.get("k7").as_deref(), Some(&7));
+}
+
+#[test]
+fn keys_are_told_apart_by_their_bytes_even_when_their_hashes_collide() {
+    // Every key gets the same hash, so only the key comparison separates
+    // them: around the inline length (24 bytes), sharing a 24-byte prefix,
+    // and a prefix of each other.
+    let base = "k".repeat(24);
+    let keys = [
+        String::new(),
+        "k".into(),
+        "k".repeat(23),
+        base.clone(),
+        format!("{base}x"),
+        format!("{base}y"),
+        format!("{base}xx"),
+        "j".repeat(24),
+    ];
+    let mut shard: Shard<u32> = Shard::new(1000, None);
+    for (i, k) in keys.iter().enumerate() {
+        let e = entry_of(i as u32, 1, HOUR);
+        assert!(shard.insert(Arc::from(k.as_str()), 7, e, 1, NOW).stored);
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let got = shard.get(7, k).and_then(|e| e.value.clone());
+        assert_eq!(got.as_deref(), Some(&(i as u32)), "key {k:?}");
+    }
+    assert!(shard.get(7, "kk").is_none());
+    assert!(shard.get(7, &format!("{base}z")).is_none());
+    assert!(shard.remove(7, &format!("{base}x")).is_some());
+    assert_eq!(
+        shard
+            .get(7, &format!("{base}y"))
+            .and_then(|e| e.value.clone())
+            .as_deref(),
+        Some(&5)
+    );
+    shard.check_invariants();
+}
+
+#[test]
+fn concurrent_readers_and_writers_keep_every_shard_consistent() {
+    // Readers replay the read buffer under the policy's own lock while other
+    // readers record into it and writers wait; every value read must be its
+    // key's, and every shard must end consistent and within budget.
+    let l1: Arc<L1Cache<u64>> = Arc::new(L1Cache::new(4000));
+    let threads: Vec<_> = (0..6u64)
+        .map(|t| {
+            let l1 = Arc::clone(&l1);
+            std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(t);
+                for _ in 0..100_000 {
+                    // Skewed keys, so threads meet on the same hot entries.
+                    let k = rng.u64(0..64) * rng.u64(0..128);
+                    let key = format!("key-{k}");
+                    match rng.u8(0..20) {
+                        0..=2 => {
+                            l1.insert(&key, k, rng.u64(1..20));
+                        }
+                        3 => {
+                            l1.tier.remove(&key);
+                        }
+                        _ => {
+                            if let Some(v) = l1.get(&key) {
+                                assert_eq!(*v, k, "{key} read another key's value");
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a worker panicked");
+    }
+    for shard in l1.tier.shards.iter() {
+        shard.0.read().check_invariants();
+    }
+    assert!(l1.weighted_size() <= 4000);
+    assert!(!l1.is_empty());
+}
+
+#[test]
+fn an_absurd_expected_entry_count_is_clamped_not_a_panic() {
+    // The sketch is sized for at most MAX_SKETCH_ENTRIES (128 MiB), whatever
+    // the caller expects; before the clamp this overflowed.
+    let cache: L1Cache<u32> = L1Cache::with_expected_entries(10, u64::MAX);
+    assert!(cache.insert("k", 1, 1));
+    assert_eq!(cache.get("k").as_deref(), Some(&1));
 }

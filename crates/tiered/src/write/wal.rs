@@ -174,10 +174,23 @@ pub(crate) struct Recovered {
 }
 
 /// The write-ahead log queue.
+///
+/// Once the log is open (recovery reads it on the caller's thread), file work
+/// other than appends (checkpoints, deleting segments, dead letters) runs on
+/// tokio's blocking pool, not on the async worker that called: a `fsync` or a
+/// directory scan there would stall every task that worker serves. (Appends
+/// go to the log's own thread.)
 pub(crate) struct Wal {
     dir: PathBuf,
     appends: mpsc::Sender<Append>,
     state: Arc<Mutex<State>>,
+    /// Held while the checkpoint is written and segments deleted: two
+    /// confirmations finishing together would otherwise write the same
+    /// temporary checkpoint file at once, and a torn one reads as no
+    /// checkpoint (every record replayed, the version floor lost). The
+    /// flusher confirms one batch at a time, so this is a safeguard for any
+    /// caller that does not.
+    checkpointing: Arc<Mutex<()>>,
 }
 
 impl Wal {
@@ -267,10 +280,11 @@ impl Wal {
             dir,
             appends,
             state,
+            checkpointing: Arc::new(Mutex::new(())),
         };
         // Segments already fully confirmed (a crash between a checkpoint and
         // their deletion) go now.
-        wal.advance();
+        advance(&wal.dir, &wal.state, &wal.checkpointing);
         Ok(Recovered {
             wal,
             pending,
@@ -279,57 +293,44 @@ impl Wal {
         })
     }
 
-    /// Deletes confirmed segments and moves the checkpoint forward.
-    fn advance(&self) {
-        let (watermark, previous, doomed, max_version) = {
-            let mut state = self.state.lock();
-            let low = [
-                state.outstanding.first_key_value().map(|(id, _)| *id),
-                state.unread.front().map(|q| q.id),
-                Some(state.next_durable),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(state.next_durable);
-            let watermark = low.saturating_sub(1);
-            if watermark <= state.checkpoint {
-                return;
-            }
-            let previous = std::mem::replace(&mut state.checkpoint, watermark);
-            let mut doomed = Vec::new();
-            while state.segments.len() > 1 && state.segments[1].0 <= watermark + 1 {
-                doomed.push(state.segments.remove(0));
-            }
-            (watermark, previous, doomed, state.max_version)
-        };
-        // Checkpoint first: a crash between the two leaves segments that are
-        // skipped on recovery, never a checkpoint pointing past live records.
-        // If it cannot be written, nothing is deleted and the next call
-        // tries again.
-        if let Err(e) = write_checkpoint(&self.dir, watermark, max_version, !doomed.is_empty()) {
-            tracing::warn!(error = %e, "write-ahead log: cannot write the checkpoint");
-            let mut state = self.state.lock();
-            if state.checkpoint == watermark {
-                state.checkpoint = previous;
-            }
-            // They were the oldest: back at the front, in order.
-            for segment in doomed.into_iter().rev() {
-                state.segments.insert(0, segment);
-            }
-            return;
-        }
-        for (_, path) in doomed {
-            if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!(segment = %path.display(), error = %e, "write-ahead log: cannot delete a confirmed segment");
-            }
-        }
-    }
-
     /// How many background syncs [`Fsync::Periodic`] has made.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn background_syncs(&self) -> u64 {
         self.state.lock().background_syncs
+    }
+
+    /// Runs `f` (file I/O) on tokio's blocking pool and waits for it.
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, WriteError> + Send + 'static,
+    ) -> Result<T, WriteError> {
+        // The dead-letter calls are public: outside a runtime they get an
+        // error, not `spawn_blocking`'s panic.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            WriteError::Queue("the write-ahead log's file work needs a tokio runtime".into())
+        })?;
+        runtime
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| WriteError::Queue(format!("a log file task failed: {e}")))?
+    }
+
+    /// What the file work on the blocking pool needs.
+    fn shared(&self) -> (PathBuf, Arc<Mutex<State>>, Arc<Mutex<()>>) {
+        (
+            self.dir.clone(),
+            Arc::clone(&self.state),
+            Arc::clone(&self.checkpointing),
+        )
+    }
+
+    /// Moves the checkpoint forward and deletes confirmed segments.
+    async fn advance(&self) -> Result<(), WriteError> {
+        let (dir, state, checkpointing) = self.shared();
+        Self::blocking(move || {
+            advance(&dir, &state, &checkpointing);
+            Ok(())
+        })
+        .await
     }
 
     fn dead_path(&self, id: &str) -> Option<PathBuf> {
@@ -374,16 +375,8 @@ impl Queue for Wal {
 
     fn confirm(&self, ids: Vec<u64>) -> QueueFuture<'_, ()> {
         Box::pin(async move {
-            {
-                let mut state = self.state.lock();
-                for id in &ids {
-                    if let Some(weight) = state.outstanding.remove(id) {
-                        state.bytes = state.bytes.saturating_sub(weight);
-                    }
-                }
-            }
-            self.advance();
-            Ok(())
+            settle(&self.state, &ids);
+            self.advance().await
         })
     }
 
@@ -396,14 +389,25 @@ impl Queue for Wal {
             payload.extend_from_slice(&record.encode());
             let dead = self.dir.join("dead");
             let path = dead.join(format!("{id:020}.dead"));
-            write_durably(&dead, &path, &frame(id, &payload)).map_err(|e| io_error(&path, e))?;
-            self.confirm(ids).await
+            let (dir, state, checkpointing) = self.shared();
+            // One blocking task writes the dead letter and confirms its
+            // records. Once started it runs to the end even if this future is
+            // dropped (a shutdown that stops waiting), so a record is never
+            // left both buried and unconfirmed.
+            Self::blocking(move || {
+                write_durably(&dead, &path, &frame(id, &payload))
+                    .map_err(|e| io_error(&path, e))?;
+                settle(&state, &ids);
+                advance(&dir, &state, &checkpointing);
+                Ok(())
+            })
+            .await
         })
     }
 
     fn dead(&self) -> QueueFuture<'_, Vec<Dead>> {
-        Box::pin(async move {
-            let dead = self.dir.join("dead");
+        let dead = self.dir.join("dead");
+        Box::pin(Self::blocking(move || {
             let mut names: Vec<String> = fs::read_dir(&dead)
                 .map_err(|e| io_error(&dead, e))?
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -422,7 +426,7 @@ impl Queue for Wal {
                 }
             }
             Ok(out)
-        })
+        }))
     }
 
     fn revive(&self, id: String) -> QueueFuture<'_, bool> {
@@ -430,7 +434,8 @@ impl Queue for Wal {
             let Some(path) = self.dead_path(&id) else {
                 return Ok(false);
             };
-            let Ok(bytes) = fs::read(&path) else {
+            let read = path.clone();
+            let Some(bytes) = Self::blocking(move || Ok(fs::read(&read).ok())).await? else {
                 return Ok(false);
             };
             let (_, record) = parse_dead(&bytes)
@@ -438,7 +443,7 @@ impl Queue for Wal {
             // Durable in the log before the dead letter goes: a crash in
             // between leaves it in both, never in neither.
             self.append(record).await?;
-            fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            Self::blocking(move || fs::remove_file(&path).map_err(|e| io_error(&path, e))).await?;
             Ok(true)
         })
     }
@@ -448,11 +453,12 @@ impl Queue for Wal {
             let Some(path) = self.dead_path(&id) else {
                 return Ok(false);
             };
-            match fs::remove_file(&path) {
+            Self::blocking(move || match fs::remove_file(&path) {
                 Ok(()) => Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
                 Err(e) => Err(io_error(&path, e)),
-            }
+            })
+            .await
         })
     }
 }
@@ -631,6 +637,65 @@ impl Writer {
             // Keep writing the current segment; rotation is retried after
             // the next batch.
             Err(e) => tracing::warn!(error = %e, "write-ahead log: cannot start a new segment"),
+        }
+    }
+}
+
+/// Deletes confirmed segments and moves the checkpoint forward (file
+/// I/O: call it off the async workers, see [`Wal::blocking`]).
+fn advance(dir: &Path, state: &Mutex<State>, checkpointing: &Mutex<()>) {
+    let _one_at_a_time = checkpointing.lock();
+    let (watermark, previous, doomed, max_version) = {
+        let mut state = state.lock();
+        let low = [
+            state.outstanding.first_key_value().map(|(id, _)| *id),
+            state.unread.front().map(|q| q.id),
+            Some(state.next_durable),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(state.next_durable);
+        let watermark = low.saturating_sub(1);
+        if watermark <= state.checkpoint {
+            return;
+        }
+        let previous = std::mem::replace(&mut state.checkpoint, watermark);
+        let mut doomed = Vec::new();
+        while state.segments.len() > 1 && state.segments[1].0 <= watermark + 1 {
+            doomed.push(state.segments.remove(0));
+        }
+        (watermark, previous, doomed, state.max_version)
+    };
+    // Checkpoint first: a crash between the two leaves segments that are
+    // skipped on recovery, never a checkpoint pointing past live records.
+    // If it cannot be written, nothing is deleted and the next call
+    // tries again.
+    if let Err(e) = write_checkpoint(dir, watermark, max_version, !doomed.is_empty()) {
+        tracing::warn!(error = %e, "write-ahead log: cannot write the checkpoint");
+        let mut state = state.lock();
+        if state.checkpoint == watermark {
+            state.checkpoint = previous;
+        }
+        // They were the oldest: back at the front, in order.
+        for segment in doomed.into_iter().rev() {
+            state.segments.insert(0, segment);
+        }
+        return;
+    }
+    for (_, path) in doomed {
+        if let Err(e) = fs::remove_file(&path) {
+            tracing::warn!(segment = %path.display(), error = %e, "write-ahead log: cannot delete a confirmed segment");
+        }
+    }
+}
+
+/// Marks `ids` confirmed: their weight leaves the queue.
+fn settle(state: &Mutex<State>, ids: &[u64]) {
+    let mut state = state.lock();
+    for id in ids {
+        if let Some(weight) = state.outstanding.remove(id) {
+            state.bytes = state.bytes.saturating_sub(weight);
         }
     }
 }
@@ -856,6 +921,65 @@ mod tests {
         let empty = Wal::open(&opts).unwrap();
         assert_eq!(empty.pending, 0);
         assert_eq!(empty.max_version, 20);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dead_letter_calls_outside_a_runtime_are_an_error_not_a_panic() {
+        let dir = temp_dir("no-runtime");
+        let wal = Wal::open(&WalOptions::new(&dir)).unwrap().wal;
+        // A hand-polled future: no tokio runtime around it.
+        let mut listing = wal.dead();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match listing.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Err(WriteError::Queue(msg))) => {
+                assert!(msg.contains("tokio runtime"), "{msg}")
+            }
+            other => panic!(
+                "expected an error, got {:?}",
+                other.map(|r| r.map(|d| d.len()))
+            ),
+        }
+        drop(listing);
+        drop(wal);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn confirmations_finishing_together_leave_one_sound_checkpoint() {
+        // Each confirmation writes the checkpoint (durably when it deletes
+        // segments) on the blocking pool; many at once must leave a
+        // checkpoint that reads back, so a reopen replays nothing.
+        let dir = temp_dir("concurrent-confirm");
+        let opts = WalOptions {
+            segment_bytes: 300,
+            ..WalOptions::new(&dir)
+        };
+        {
+            let wal = Arc::new(Wal::open(&opts).unwrap().wal);
+            for v in 1..=200 {
+                wal.append(record(&format!("k{v}"), v)).await.unwrap();
+            }
+            let taken = wal.take(200).await.unwrap();
+            assert_eq!(taken.len(), 200);
+            let tasks: Vec<_> = taken
+                .chunks(4)
+                .map(|chunk| {
+                    let wal = Arc::clone(&wal);
+                    let ids: Vec<u64> = chunk.iter().map(|q| q.id).collect();
+                    tokio::spawn(async move { wal.confirm(ids).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            assert_eq!(wal.depth(), 0);
+        }
+        assert_eq!(read_checkpoint(&dir).1, 200, "the checkpoint reads back");
+        let again = Wal::open(&opts).unwrap();
+        assert_eq!(again.pending, 0);
+        assert_eq!(again.max_version, 200);
+        assert!(list_segments(&dir).unwrap().len() <= 2);
         let _ = fs::remove_dir_all(&dir);
     }
 
