@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{bin, free_port, ConfigFile};
+use common::{bin, ConfigFile};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bin());
@@ -31,11 +31,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Holds `port` while a bad configuration is tried: had the gateway tried
-/// to bind before checking its configuration, it would fail with "cannot
-/// listen" instead of the configuration error.
-fn hold(port: u16) -> std::net::TcpListener {
-    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap()
+/// A port held by this test while a bad configuration is tried: had the
+/// gateway tried to bind before checking its configuration, it would fail
+/// with "cannot listen" instead of the configuration error. The port is
+/// bound as port 0 and then read back, so no other process can take it
+/// between choosing and holding it (a `free_port()` then `bind` could race).
+fn hold(ip: &str) -> (std::net::TcpListener, u16) {
+    let held = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = held.local_addr().unwrap().port();
+    (held, port)
 }
 
 fn assert_not_bound(err: &str) {
@@ -107,8 +111,7 @@ fn bad_environment_variables_are_rejected() {
 
 #[test]
 fn bad_config_files_name_file_line_and_field() {
-    let listen = free_port();
-    let _held = hold(listen);
+    let (_held, listen) = hold("127.0.0.1");
     let cases = [
         (
             "listen = \"127.0.0.1:1\"\n[proxy]\nread_timeout = \"30 parsecs\"\n",
@@ -166,8 +169,7 @@ fn bad_config_files_name_file_line_and_field() {
 
 #[test]
 fn a_public_admin_listener_without_a_token_is_refused() {
-    let admin = free_port();
-    let _held = std::net::TcpListener::bind(("0.0.0.0", admin)).unwrap();
+    let (_held, admin) = hold("0.0.0.0");
     let out = run(
         &[
             "serve",

@@ -724,25 +724,20 @@ async fn oversized_streamed_uploads_are_413() {
 async fn without_a_token_the_admin_api_refuses_cross_site_shapes() {
     let origin = Origin::start(|_| respond(200, &[("cache-control", "max-age=60")], "x")).await;
     // No --admin-token: the harness passes one, so start by hand.
-    let addr = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut child = std::process::Command::new(bin())
-        .args([
+    let (mut child, _, admin) = spawn_ready(None, |addr, admin| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args([
             "serve",
             "--listen",
-            &addr,
+            &addr.to_string(),
             "--admin-listen",
-            &admin,
+            &admin.to_string(),
             "--origin",
             &origin.url(),
         ])
         .env_remove("TIERED_ADMIN_TOKEN")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    until("the admin listener", || {
-        let url = format!("http://{admin}/readyz");
-        async move { get(&url, &[]).await.is_ok_and(|r| r.status() == 200) }
+        .stderr(std::process::Stdio::null());
+        cmd
     })
     .await;
     let purge = format!("http://{admin}/purge?tag=x");

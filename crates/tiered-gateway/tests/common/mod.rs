@@ -131,54 +131,39 @@ pub fn bin() -> &'static str {
 impl Gateway {
     /// `tiered serve` in front of `origin` with the test token and `extra` flags.
     pub async fn start(origin: &str, extra: &[&str]) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!("tiered-e2e-{}.log", fastrand::u64(..)));
-        let mut args = vec![
-            "serve".to_owned(),
-            "--listen".into(),
-            addr.to_string(),
-            "--admin-listen".into(),
-            admin.to_string(),
-            "--admin-token".into(),
-            TOKEN.into(),
-            "--l1-bytes".into(),
-            "64MiB".into(),
-        ];
-        if !origin.is_empty() {
-            args.push("--origin".into());
-            args.push(origin.into());
-        }
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let child = Command::new(bin())
-            .args(&args)
-            .env_remove("TIERED_CONFIG")
-            .env("TIERED_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let gw = Gateway {
+        let (child, addr, admin) = spawn_ready(Some(&log), |addr, admin| {
+            let mut args = vec![
+                "serve".to_owned(),
+                "--listen".into(),
+                addr.to_string(),
+                "--admin-listen".into(),
+                admin.to_string(),
+                "--admin-token".into(),
+                TOKEN.into(),
+                "--l1-bytes".into(),
+                "64MiB".into(),
+            ];
+            if !origin.is_empty() {
+                args.push("--origin".into());
+                args.push(origin.into());
+            }
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
+            let mut cmd = Command::new(bin());
+            cmd.args(&args)
+                .env_remove("TIERED_CONFIG")
+                .env("TIERED_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap());
+            cmd
+        })
+        .await;
+        Gateway {
             child,
             addr,
             admin,
             log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(res) = get(&format!("http://{admin}/readyz"), &[]).await {
-                if res.status() == 200 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not become ready: {}",
-                gw.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        gw
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -247,6 +232,50 @@ impl Drop for Gateway {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// Spawns the gateway that `command` builds for a listen and an admin
+/// address, and waits until the admin listener answers `/readyz` with 200.
+///
+/// The addresses come from `free_port`, and a port free a moment ago can be
+/// taken before the gateway binds it (another process's outgoing connection
+/// may be given it as its ephemeral port). The gateway then exits at once,
+/// so an early exit is retried on new ports; a gateway that stays up but is
+/// not ready in 20 s fails the test, with `log` if there is one.
+pub async fn spawn_ready(
+    log: Option<&std::path::Path>,
+    mut command: impl FnMut(SocketAddr, SocketAddr) -> Command,
+) -> (Child, SocketAddr, SocketAddr) {
+    let log_text = || {
+        log.and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
+    };
+    for _ in 0..5 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = command(addr, admin).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break; // exited: most likely a port was taken; try new ones
+            }
+            if let Ok(res) = get(&format!("http://{admin}/readyz"), &[]).await {
+                if res.status() == 200 {
+                    return (child, addr, admin);
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("gateway did not become ready: {}", log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!(
+        "gateway exited before becoming ready, five times: {}",
+        log_text()
+    );
 }
 
 pub fn signal(pid: u32, sig: &str) {
