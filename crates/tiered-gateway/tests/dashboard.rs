@@ -57,19 +57,32 @@ impl Driver {
     async fn start() -> Driver {
         let driver = find_program(&["chromedriver"]);
         let browser = find_program(&["chromium", "chromium-browser"]);
-        let port = free_port();
-        let child = Command::new(driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while get(&format!("{base}/status"), &[]).await.is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // A port free a moment ago can be taken before chromedriver binds it
+        // (it then exits at once): an early exit is retried on a new port.
+        let (child, base) = 'spawn: {
+            for _ in 0..5 {
+                let port = free_port();
+                let mut child = Command::new(&driver)
+                    .arg(format!("--port={port}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let base = format!("http://127.0.0.1:{port}");
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while get(&format!("{base}/status"), &[]).await.is_err() {
+                    if child.try_wait().unwrap().is_some() {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "chromedriver did not start");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if child.try_wait().unwrap().is_none() {
+                    break 'spawn (child, base);
+                }
+            }
+            panic!("chromedriver exited before answering, five times");
+        };
         let profile = std::env::temp_dir().join(format!("tiered-chromium-{}", fastrand::u64(..)));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
