@@ -32,6 +32,10 @@ use std::time::Duration;
 use http::Uri;
 use serde::Deserialize;
 
+/// How long an upload may run before [`Config::min_upload_rate`] applies
+/// (a slow start, such as a TCP connection warming up, is not an attack).
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(5);
+
 /// A configuration that cannot be used; the message says where and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -134,6 +138,10 @@ pub struct Config {
     pub read_timeout: Duration,
     /// Largest request body accepted (413 above it).
     pub max_request_body: u64,
+    /// Slowest request body accepted, in bytes per second averaged from
+    /// the start of the upload, after [`UPLOAD_GRACE`]; slower uploads get
+    /// a 408. 0 is off.
+    pub min_upload_rate: u64,
     /// Largest response stored in the cache (bigger ones are streamed through).
     pub max_cached_body: u64,
     /// After SIGTERM, how long `/readyz` says 503 while the gateway still
@@ -228,6 +236,7 @@ struct ProxySection {
     connect_timeout: Option<Timeout>,
     read_timeout: Option<Timeout>,
     max_request_body: Option<Size>,
+    min_upload_rate: Option<Size>,
     shutdown_grace: Option<Dur>,
     drain_delay: Option<Dur>,
     health_on_listener: Option<bool>,
@@ -596,6 +605,7 @@ impl Config {
                 .read_timeout
                 .map_or(Duration::from_secs(30), |d| d.0),
             max_request_body: file.proxy.max_request_body.map_or(16 << 20, |s| s.0),
+            min_upload_rate: file.proxy.min_upload_rate.map_or(240, |s| s.0),
             max_cached_body,
             shutdown_grace: file
                 .proxy

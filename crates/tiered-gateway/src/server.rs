@@ -317,6 +317,9 @@ fn error_response(e: &BoxError) -> Response<Body> {
         Some(UpstreamError::ClientTimeout(_)) => {
             text(StatusCode::REQUEST_TIMEOUT, "request body timeout\n")
         }
+        Some(UpstreamError::ClientTooSlow(_)) => {
+            text(StatusCode::REQUEST_TIMEOUT, "request body too slow\n")
+        }
         _ => {
             tracing::warn!(error = %e, "origin error");
             text(StatusCode::BAD_GATEWAY, "origin unavailable\n")

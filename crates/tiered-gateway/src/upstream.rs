@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::future::BoxFuture;
 use http::{header, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tiered_http::{Body, BoxError};
 
-use crate::config::{Config, Route};
+use crate::config::{Config, Route, UPLOAD_GRACE};
 use crate::headers::{add_forwarded, add_via, strip_hop_by_hop, ClientAddr};
 use crate::stats::{GatewayStats, OriginError};
 
@@ -39,6 +39,10 @@ pub enum UpstreamError {
     /// (408; not the origin's fault).
     #[error("the client sent no request body for {0:?}")]
     ClientTimeout(Duration),
+    /// The client sent its request body slower than the minimum rate, in
+    /// bytes per second (408).
+    #[error("the client sent its request body slower than {0} bytes/s")]
+    ClientTooSlow(u64),
     /// The origin could not be reached (502).
     #[error("cannot connect to the origin: {0}")]
     Connect(#[source] BoxError),
@@ -57,6 +61,7 @@ struct Inner {
     client: Client<HttpConnector, Body>,
     routes: Vec<Route>,
     read_timeout: Duration,
+    min_upload_rate: u64,
     stats: Arc<GatewayStats>,
 }
 
@@ -76,6 +81,7 @@ impl Upstream {
                 client,
                 routes: config.routes.clone(),
                 read_timeout: config.read_timeout,
+                min_upload_rate: config.min_upload_rate,
                 stats,
             }),
         }
@@ -184,8 +190,9 @@ impl tower::Service<Request<Body>> for Upstream {
 
 /// Sends `req` and waits for the response head under the read timeout,
 /// which runs from the last byte of the request body sent (a long upload is
-/// not the origin being slow) and restarts with every chunk of it. The outer
-/// error is a timeout; the inner one is the client's.
+/// not the origin being slow) and restarts with every chunk of it. While the
+/// body is being sent it must also keep up the minimum upload rate. The
+/// outer error is a timeout; the inner one is the client's.
 async fn exchange(
     inner: &Inner,
     mut req: Request<Body>,
@@ -202,11 +209,21 @@ async fn exchange(
     let response = inner.client.request(req);
     tokio::pin!(response);
     loop {
-        let deadline = after(progress.last(), inner.read_timeout);
+        let (deadline, too_slow) = progress.deadline(inner.read_timeout, inner.min_upload_rate);
         match tokio::time::timeout_at(deadline, &mut response).await {
             Ok(res) => return Ok(res),
             // The upload moved on since the deadline was set.
-            Err(_) if after(progress.last(), inner.read_timeout) > deadline => continue,
+            Err(_)
+                if progress
+                    .deadline(inner.read_timeout, inner.min_upload_rate)
+                    .0
+                    > deadline =>
+            {
+                continue
+            }
+            Err(_) if too_slow => {
+                return Err(UpstreamError::ClientTooSlow(inner.min_upload_rate));
+            }
             Err(_) if !progress.is_done() => {
                 return Err(UpstreamError::ClientTimeout(inner.read_timeout));
             }
@@ -285,11 +302,14 @@ fn after(t: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
         .unwrap_or_else(|| t + Duration::from_secs(30 * 365 * 86400))
 }
 
-/// When a request last made progress towards the origin.
+/// When a request last made progress towards the origin, and how much of
+/// its body went.
 struct Progress {
     start: tokio::time::Instant,
     /// Nanoseconds after `start` of the last request body chunk sent.
     last: AtomicU64,
+    /// Request body bytes sent so far.
+    sent: AtomicU64,
     /// The whole request body has been sent.
     done: AtomicBool,
 }
@@ -299,13 +319,15 @@ impl Progress {
         Progress {
             start: tokio::time::Instant::now(),
             last: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
             done: AtomicBool::new(done),
         }
     }
 
-    fn touch(&self, done: bool) {
+    fn touch(&self, bytes: usize, done: bool) {
         let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last.fetch_max(nanos, Ordering::Relaxed);
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
         if done {
             self.done.store(true, Ordering::Relaxed);
         }
@@ -317,6 +339,26 @@ impl Progress {
 
     fn is_done(&self) -> bool {
         self.done.load(Ordering::Relaxed)
+    }
+
+    /// When the exchange times out if nothing more happens, and whether
+    /// that is the upload falling under `min_rate` (bytes per second, 0 for
+    /// none): the body sent so far must keep the average rate, counted from
+    /// the start, at or above it once [`UPLOAD_GRACE`] has passed — so a
+    /// client that sent ahead has earned time in hand.
+    fn deadline(&self, idle: Duration, min_rate: u64) -> (tokio::time::Instant, bool) {
+        let idle = after(self.last(), idle);
+        if min_rate == 0 || self.is_done() {
+            return (idle, false);
+        }
+        let earned =
+            Duration::from_secs_f64(self.sent.load(Ordering::Relaxed) as f64 / min_rate as f64);
+        let rate = after(after(self.start, UPLOAD_GRACE), earned);
+        if rate < idle {
+            (rate, true)
+        } else {
+            (idle, false)
+        }
     }
 }
 
@@ -341,7 +383,11 @@ impl<B: HttpBody> HttpBody for Tracked<B> {
         let polled = this.body.as_mut().poll_frame(cx);
         if let Poll::Ready(frame) = &polled {
             let done = !matches!(frame, Some(Ok(_))) || this.body.is_end_stream();
-            this.progress.touch(done);
+            let bytes = match frame {
+                Some(Ok(frame)) => frame.data_ref().map_or(0, Buf::remaining),
+                _ => 0,
+            };
+            this.progress.touch(bytes, done);
         }
         polled
     }
@@ -415,5 +461,37 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(30);
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upload_deadline_is_the_earlier_of_idle_and_minimum_rate() {
+        let p = Progress::new(false);
+        let start = p.start;
+        // Nothing sent: the grace period is all the upload has.
+        assert_eq!(p.deadline(IDLE, 1000), (start + UPLOAD_GRACE, true));
+        // No minimum rate: only the idle timeout.
+        assert_eq!(p.deadline(IDLE, 0), (start + IDLE, false));
+        // 10,000 bytes at a 1,000 B/s minimum earn 10 s past the grace.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        p.touch(10_000, false);
+        let rate_deadline = start + UPLOAD_GRACE + Duration::from_secs(10);
+        assert_eq!(p.deadline(IDLE, 1000), (rate_deadline, true));
+        // Far ahead of the rate: the idle timeout, from the last chunk, comes first.
+        p.touch(1_000_000, false);
+        assert_eq!(
+            p.deadline(IDLE, 1000),
+            (start + Duration::from_secs(2) + IDLE, false)
+        );
+        // Once the body is sent, the rate no longer applies.
+        let done = Progress::new(false);
+        done.touch(1, true);
+        assert!(!done.deadline(IDLE, 1_000_000).1);
     }
 }

@@ -453,6 +453,69 @@ async fn the_read_timeout_starts_after_the_upload() {
     assert_eq!(slow.status(), 504);
 }
 
+/// Sends a chunked upload of `chunk`-byte chunks, one every `every`, for
+/// `chunks` chunks (or until the gateway stops reading), and returns the
+/// response head.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    chunk: usize,
+    every: Duration,
+    chunks: usize,
+) -> String {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let head = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        wr.write_all(head).await?;
+        for _ in 0..chunks {
+            let mut piece = format!("{chunk:x}\r\n").into_bytes();
+            piece.extend(std::iter::repeat_n(b'u', chunk));
+            piece.extend_from_slice(b"\r\n");
+            wr.write_all(&piece).await?;
+            tokio::time::sleep(every).await;
+        }
+        wr.write_all(b"0\r\n\r\n").await?;
+        Ok::<_, std::io::Error>(wr)
+    });
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(30), rd.read(&mut buf))
+            .await
+            .expect("no response within 30 s")
+            .unwrap();
+        assert!(n > 0, "closed without a response");
+        head.extend_from_slice(&buf[..n]);
+    }
+    writer.abort();
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_below_the_minimum_rate_is_a_408() {
+    let origin = Origin::start(|_| respond(200, &[("cache-control", "no-store")], "got it")).await;
+    let cfg = ConfigFile::new("[proxy]\nmin_upload_rate = \"1KiB\"\n");
+    let gw = Gateway::start(&origin.url(), &["--config", &cfg.path]).await;
+    // 400 B/s for up to 50 s, never idle for the read timeout (30 s): cut
+    // once the average falls under 1 KiB/s after the 5 s grace, at ~8 s.
+    let slow = async {
+        let started = Instant::now();
+        let head = trickle(gw.addr, 100, Duration::from_millis(250), 200).await;
+        (head, started.elapsed())
+    };
+    // 2 KiB/s for 9 s, past the grace: kept, and answered.
+    let steady = trickle(gw.addr, 1024, Duration::from_millis(500), 18);
+    let ((slow, slow_took), steady) = tokio::join!(slow, steady);
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+    assert!(
+        slow_took >= Duration::from_secs(5),
+        "cut within the grace period"
+    );
+    assert!(steady.starts_with("HTTP/1.1 200"), "{steady}");
+    let stats = gw.stats().await;
+    assert_eq!(stats["origin"]["errors"].as_u64(), Some(0), "{stats}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn origin_down_is_a_502_and_stale_if_error_serves_kept_copies() {
     let calls = counter();
