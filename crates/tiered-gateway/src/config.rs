@@ -32,8 +32,9 @@ use std::time::Duration;
 use http::Uri;
 use serde::Deserialize;
 
-/// How long an upload may run before [`Config::min_upload_rate`] applies
-/// (a slow start, such as a TCP connection warming up, is not an attack).
+/// How long the gateway may wait on a client's upload before
+/// [`Config::min_upload_rate`] applies (a slow start, such as a TCP
+/// connection warming up, is not an attack).
 pub const UPLOAD_GRACE: Duration = Duration::from_secs(5);
 
 /// A configuration that cannot be used; the message says where and why.
@@ -138,9 +139,10 @@ pub struct Config {
     pub read_timeout: Duration,
     /// Largest request body accepted (413 above it).
     pub max_request_body: u64,
-    /// Slowest request body accepted, in bytes per second averaged from
-    /// the start of the upload, after [`UPLOAD_GRACE`]; slower uploads get
-    /// a 408. 0 is off.
+    /// Slowest request body accepted, in bytes per second of time spent
+    /// waiting on the client for it, once that time exceeds
+    /// [`UPLOAD_GRACE`]; slower uploads get a 408 (until the origin has
+    /// answered). 0 is off.
     pub min_upload_rate: u64,
     /// Largest response stored in the cache (bigger ones are streamed through).
     pub max_cached_body: u64,

@@ -210,30 +210,33 @@ async fn exchange(
     tokio::pin!(response);
     loop {
         let (deadline, too_slow) = progress.deadline(inner.read_timeout, inner.min_upload_rate);
-        match tokio::time::timeout_at(deadline, &mut response).await {
-            Ok(res) => return Ok(res),
-            // The upload moved on since the deadline was set.
-            Err(_)
-                if progress
-                    .deadline(inner.read_timeout, inner.min_upload_rate)
-                    .0
-                    > deadline =>
-            {
-                continue
-            }
-            Err(_) if too_slow => {
+        let now = tokio::time::Instant::now();
+        if deadline <= now {
+            if too_slow {
                 return Err(UpstreamError::ClientTooSlow(inner.min_upload_rate));
             }
-            Err(_) if !progress.is_done() => {
+            if !progress.is_done() {
                 return Err(UpstreamError::ClientTimeout(inner.read_timeout));
             }
-            Err(_) => {
-                inner.stats.origin_failed(OriginError::Timeout);
-                return Err(UpstreamError::Timeout(inner.read_timeout));
-            }
+            inner.stats.origin_failed(OriginError::Timeout);
+            return Err(UpstreamError::Timeout(inner.read_timeout));
+        }
+        // While the upload runs, look again at least every `RECHECK`: the
+        // rate deadline exists only while the client is being waited on,
+        // which changes without waking this loop.
+        let wake = if progress.is_done() {
+            deadline
+        } else {
+            deadline.min(after(now, RECHECK))
+        };
+        if let Ok(res) = tokio::time::timeout_at(wake, &mut response).await {
+            return Ok(res);
         }
     }
 }
+
+/// How often a running upload's deadlines are looked at again.
+const RECHECK: Duration = Duration::from_millis(250);
 
 /// Whether an exchange failed because the connection was closed under it
 /// (the origin's end of the keep-alive race): the response ended before its
@@ -302,17 +305,26 @@ fn after(t: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
         .unwrap_or_else(|| t + Duration::from_secs(30 * 365 * 86400))
 }
 
-/// When a request last made progress towards the origin, and how much of
-/// its body went.
+/// When a request last made progress towards the origin, how much of its
+/// body went, and how long the client kept the gateway waiting for it.
 struct Progress {
     start: tokio::time::Instant,
     /// Nanoseconds after `start` of the last request body chunk sent.
     last: AtomicU64,
     /// Request body bytes sent so far.
     sent: AtomicU64,
+    /// Nanoseconds spent waiting on the client for body chunks, in waits
+    /// that have ended.
+    waited: AtomicU64,
+    /// Nanoseconds after `start` when the current wait on the client began;
+    /// `NOT_WAITING` when the gateway is not waiting on it (it is sending to
+    /// the origin, connecting, or waiting for the origin to read).
+    waiting_since: AtomicU64,
     /// The whole request body has been sent.
     done: AtomicBool,
 }
+
+const NOT_WAITING: u64 = u64::MAX;
 
 impl Progress {
     fn new(done: bool) -> Self {
@@ -320,13 +332,35 @@ impl Progress {
             start: tokio::time::Instant::now(),
             last: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+            waiting_since: AtomicU64::new(NOT_WAITING),
             done: AtomicBool::new(done),
         }
     }
 
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(NOT_WAITING - 1)
+    }
+
+    /// The client has no chunk ready: a wait on it begins (if none is on).
+    fn waiting(&self) {
+        let _ = self.waiting_since.compare_exchange(
+            NOT_WAITING,
+            self.now(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A chunk of `bytes` (or the end, or an error) came: any wait is over.
     fn touch(&self, bytes: usize, done: bool) {
-        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last.fetch_max(nanos, Ordering::Relaxed);
+        let now = self.now();
+        let since = self.waiting_since.swap(NOT_WAITING, Ordering::Relaxed);
+        if since != NOT_WAITING {
+            self.waited
+                .fetch_add(now.saturating_sub(since), Ordering::Relaxed);
+        }
+        self.last.fetch_max(now, Ordering::Relaxed);
         self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
         if done {
             self.done.store(true, Ordering::Relaxed);
@@ -343,17 +377,23 @@ impl Progress {
 
     /// When the exchange times out if nothing more happens, and whether
     /// that is the upload falling under `min_rate` (bytes per second, 0 for
-    /// none): the body sent so far must keep the average rate, counted from
-    /// the start, at or above it once [`UPLOAD_GRACE`] has passed — so a
-    /// client that sent ahead has earned time in hand.
+    /// none). The rate counts only time spent waiting on the client (as
+    /// Kestrel's `MinRequestBodyDataRate` does): the bytes it sent must
+    /// cover `min_rate` × that time once the time exceeds [`UPLOAD_GRACE`].
+    /// Time the gateway spends connecting, or waiting for the origin to
+    /// read, is not the client's.
     fn deadline(&self, idle: Duration, min_rate: u64) -> (tokio::time::Instant, bool) {
         let idle = after(self.last(), idle);
-        if min_rate == 0 || self.is_done() {
+        let since = self.waiting_since.load(Ordering::Relaxed);
+        if min_rate == 0 || self.is_done() || since == NOT_WAITING {
             return (idle, false);
         }
-        let earned =
-            Duration::from_secs_f64(self.sent.load(Ordering::Relaxed) as f64 / min_rate as f64);
-        let rate = after(after(self.start, UPLOAD_GRACE), earned);
+        let sent = self.sent.load(Ordering::Relaxed) as f64;
+        let earned = Duration::try_from_secs_f64(sent / min_rate as f64).unwrap_or(Duration::MAX);
+        let allowed = earned.max(UPLOAD_GRACE);
+        let left =
+            allowed.saturating_sub(Duration::from_nanos(self.waited.load(Ordering::Relaxed)));
+        let rate = after(self.start + Duration::from_nanos(since), left);
         if rate < idle {
             (rate, true)
         } else {
@@ -381,6 +421,9 @@ impl<B: HttpBody> HttpBody for Tracked<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let mut this = self.project();
         let polled = this.body.as_mut().poll_frame(cx);
+        if polled.is_pending() {
+            this.progress.waiting();
+        }
         if let Poll::Ready(frame) = &polled {
             let done = !matches!(frame, Some(Ok(_))) || this.body.is_end_stream();
             let bytes = match frame {
@@ -474,24 +517,41 @@ mod tests {
     async fn the_upload_deadline_is_the_earlier_of_idle_and_minimum_rate() {
         let p = Progress::new(false);
         let start = p.start;
-        // Nothing sent: the grace period is all the upload has.
+        // Not waiting on the client (say, connecting): only the idle timeout.
+        assert_eq!(p.deadline(IDLE, 1000), (start + IDLE, false));
+        // Waiting from the start with nothing sent: the grace is all it has.
+        p.waiting();
         assert_eq!(p.deadline(IDLE, 1000), (start + UPLOAD_GRACE, true));
         // No minimum rate: only the idle timeout.
         assert_eq!(p.deadline(IDLE, 0), (start + IDLE, false));
-        // 10,000 bytes at a 1,000 B/s minimum earn 10 s past the grace.
+        // 2 s of waiting, then 10,000 bytes: at 1,000 B/s they cover 10 s of
+        // waiting on the client, 8 s of it still left.
         tokio::time::advance(Duration::from_secs(2)).await;
         p.touch(10_000, false);
-        let rate_deadline = start + UPLOAD_GRACE + Duration::from_secs(10);
-        assert_eq!(p.deadline(IDLE, 1000), (rate_deadline, true));
-        // Far ahead of the rate: the idle timeout, from the last chunk, comes first.
-        p.touch(1_000_000, false);
         assert_eq!(
             p.deadline(IDLE, 1000),
             (start + Duration::from_secs(2) + IDLE, false)
         );
+        // Time the client is not waited on (the origin is slow to read) is
+        // not counted against it.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        p.waiting();
+        let at = start + Duration::from_secs(22);
+        assert_eq!(p.deadline(IDLE, 1000), (at + Duration::from_secs(8), true));
+        // Far ahead of the rate: the idle timeout, from the last chunk.
+        p.touch(1_000_000, false);
+        p.waiting();
+        assert_eq!(p.deadline(IDLE, 1000), (at + IDLE, false));
         // Once the body is sent, the rate no longer applies.
         let done = Progress::new(false);
+        done.waiting();
         done.touch(1, true);
+        done.waiting();
         assert!(!done.deadline(IDLE, 1_000_000).1);
+        // An absurd rate is no panic: the grace, less what was waited.
+        assert_eq!(
+            p.deadline(IDLE, u64::MAX),
+            (at + Duration::from_secs(3), true)
+        );
     }
 }

@@ -131,6 +131,11 @@ fn bad_config_files_name_file_line_and_field() {
         ),
         ("l1_bytes = \"many\"\n", "line 1", "l1_bytes"),
         (
+            "[proxy]\nmin_upload_rate = \"fast\"\n",
+            "line 2",
+            "min_upload_rate",
+        ),
+        (
             "[cache]\nheuristic_fraction = 3.0\n",
             "line 2",
             "heuristic_fraction",

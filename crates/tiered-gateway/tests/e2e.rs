@@ -787,7 +787,7 @@ async fn oversized_streamed_uploads_are_413() {
 async fn without_a_token_the_admin_api_refuses_cross_site_shapes() {
     let origin = Origin::start(|_| respond(200, &[("cache-control", "max-age=60")], "x")).await;
     // No --admin-token: the harness passes one, so start by hand.
-    let (mut child, _, admin) = spawn_ready(None, |addr, admin| {
+    let (child, _, admin) = spawn_ready(None, |addr, admin| {
         let mut cmd = std::process::Command::new(bin());
         cmd.args([
             "serve",
@@ -803,6 +803,7 @@ async fn without_a_token_the_admin_api_refuses_cross_site_shapes() {
         cmd
     })
     .await;
+    let _child = KillOnDrop(child);
     let purge = format!("http://{admin}/purge?tag=x");
     // A form-style POST (what a cross-site page can send without a preflight).
     let res = send(
@@ -839,8 +840,6 @@ async fn without_a_token_the_admin_api_refuses_cross_site_shapes() {
             .status(),
         200
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// An origin that answers the first request on each connection, with

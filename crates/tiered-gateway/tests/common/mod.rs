@@ -278,6 +278,17 @@ pub async fn spawn_ready(
     );
 }
 
+/// Kills (and reaps) a child process when dropped, so a failed assertion
+/// does not leave it running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
