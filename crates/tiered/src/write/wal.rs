@@ -175,11 +175,11 @@ pub(crate) struct Recovered {
 
 /// The write-ahead log queue.
 ///
-/// Once the log is open (recovery reads it on the caller's thread), file work
-/// other than appends (checkpoints, deleting segments, dead letters) runs on
-/// tokio's blocking pool, not on the async worker that called: a `fsync` or a
-/// directory scan there would stall every task that worker serves. (Appends
-/// go to the log's own thread.)
+/// File work other than appends (recovery when the writer opens the log,
+/// checkpoints, deleting segments, dead letters) runs on tokio's blocking
+/// pool, not on the async worker that called: a `fsync` or a directory scan
+/// there would stall every task that worker serves. (Appends go to the log's
+/// own thread.)
 pub(crate) struct Wal {
     dir: PathBuf,
     appends: mpsc::Sender<Append>,
@@ -300,7 +300,7 @@ impl Wal {
     }
 
     /// Runs `f` (file I/O) on tokio's blocking pool and waits for it.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         f: impl FnOnce() -> Result<T, WriteError> + Send + 'static,
     ) -> Result<T, WriteError> {
         // The dead-letter calls are public: outside a runtime they get an

@@ -147,7 +147,9 @@ impl<V: Value> WriterBuilder<V> {
         let (queue, floor): (Option<Arc<dyn Queue>>, u64) = match self.queue {
             QueueChoice::None => (None, 0),
             QueueChoice::Wal(options) => {
-                let recovered = Wal::open(&options)?;
+                // Recovery reads every segment: on the blocking pool, not on
+                // the async worker that called.
+                let recovered = Wal::blocking(move || Wal::open(&options)).await?;
                 counters
                     .recovered
                     .store(recovered.pending as u64, Ordering::Relaxed);
