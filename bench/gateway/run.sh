@@ -8,7 +8,7 @@
 #
 # Knobs (environment): DURATION (10s), CONNECTIONS (64), THREADS (1), ROUNDS (3),
 # MISS_CONNECTIONS (1), PROXIES ("tiered nginx varnish"), PROXY_CPU (0), LOAD_CPU (1),
-# OUT (bench/gateway/results.md), TIERED (build + target/release/tiered), KEEP_TMP (0),
+# SIZES ("1k 64k"), OUT (bench/gateway/results.md), TIERED (build + target/release/tiered), KEEP_TMP (0),
 # TMPDIR (/tmp: where the temp dir and nginx's on-disk cache go).
 # See README.md next to this file.
 set -euo pipefail
@@ -26,7 +26,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-$HERE/results.md}
 KEEP_TMP=${KEEP_TMP:-0}
-SIZES=(1k 64k)
+read -r -a SIZES <<<"${SIZES:-1k 64k}"
 
 read -r -a PROXY_LIST <<<"$PROXIES"
 
