@@ -6,9 +6,24 @@
 //! sees each key's latest value once, and a key's writes can never reach the
 //! store out of order — there is only ever one in the flusher's hands.
 //!
-//! A batch goes to the store when [`batch_size`](super::WriterBuilder::batch_size)
-//! keys are due, or when the oldest has waited
-//! [`flush_interval`](super::WriterBuilder::flush_interval).
+//! # When a batch goes
+//!
+//! A key's writes are held for [`flush_interval`](super::WriterBuilder::flush_interval)
+//! from the first one taken, and every later write to it in that window
+//! replaces the one held. When the oldest held key's window is over, a batch
+//! goes: every key held, oldest first, at most
+//! [`batch_size`](super::WriterBuilder::batch_size) per store call. So a key
+//! written a thousand times in a window costs the store one row, which is
+//! what lets write-behind absorb a burst on hot keys (as Hazelcast's
+//! `write-delay-seconds` does). The flusher holds at most four batches'
+//! worth of keys; when that is full (many distinct keys), batches go at once,
+//! as fast as the store takes them, instead of waiting out the window.
+//!
+//! The trade: the store lags the cache by up to `flush_interval` even under
+//! load. An earlier version sent a batch as soon as `batch_size` keys were
+//! held; on a burst over a thousand hot keys that wrote each key's every few
+//! writes to PostgreSQL, and on a machine the database shares, its CPU came
+//! out of the acknowledgements (BENCHMARKS.md, write paths).
 //!
 //! Failures, by [`StoreErrorKind`]:
 //!
@@ -132,7 +147,8 @@ impl<V: Value> Flusher<V> {
             let waited_out = due
                 .iter()
                 .any(|(_, h)| now.duration_since(h.taken_at) >= self.config.flush_interval);
-            if due.is_empty() || !(draining || waited_out || due.len() >= self.config.batch_size) {
+            let full = held.len() >= cap;
+            if due.is_empty() || !(draining || waited_out || full) {
                 // Sleep until a batch could be due: the earliest retry, the
                 // oldest record's interval, or a wake-up.
                 let next = held

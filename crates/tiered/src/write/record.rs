@@ -44,13 +44,20 @@ impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let value_len = self.value.as_ref().map_or(0, Vec::len);
         let mut out = Vec::with_capacity(32 + self.key.len() + value_len);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`encode`](Self::encode), appending to `out` (the log's writer
+    /// thread frames many records into one buffer without a copy each).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(FORMAT);
         out.extend_from_slice(&self.at_ms.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
         out.push(self.codec.id());
         out.push(if self.value.is_some() { HAS_VALUE } else { 0 });
-        put_bytes32(&mut out, self.key.as_bytes());
-        put_bytes32(&mut out, self.value.as_deref().unwrap_or_default());
+        put_bytes32(out, self.key.as_bytes());
+        put_bytes32(out, self.value.as_deref().unwrap_or_default());
         // Tag counts and lengths are bounded by `Options` validation
         // (MAX_TAGS, MAX_TAG_LEN), far below u16::MAX.
         let tags: Vec<&String> = self
@@ -64,7 +71,6 @@ impl Record {
             out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
             out.extend_from_slice(tag.as_bytes());
         }
-        out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Record> {

@@ -71,7 +71,8 @@ impl<V: Value> WriterBuilder<V> {
         self
     }
 
-    /// How long a record may wait for its batch to fill (default 50 ms).
+    /// How long a key's writes are held, coalescing, before they go to the
+    /// store (default 50 ms); see [`flusher`](crate::write::flusher).
     pub fn flush_interval(mut self, interval: Duration) -> Self {
         self.config.flush_interval = interval;
         self
