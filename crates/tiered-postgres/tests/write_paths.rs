@@ -240,6 +240,87 @@ async fn write_behind_is_visible_at_once_and_lands_coalesced() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The flusher's policy (`tiered::write::flusher`): a key's writes wait out
+/// `flush_interval` and reach the store once, however many there were, and
+/// a flusher holding its fill of keys (four batches) sends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_written_within_its_window_lands_once_and_a_full_flusher_sends_at_once() {
+    let (_pg, store) = database().await;
+    let dir = wal_dir("window");
+    // Batches of 2 keys: the old policy sent "hot" and "cold" as soon as
+    // both were held, then "hot" again for each later write.
+    let writer = Writer::builder(cache(), store.clone())
+        .wal(&dir)
+        .batch_size(2)
+        .flush_interval(Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap();
+    writer.set_behind("cold", "c".into()).await.unwrap();
+    for round in 0..20 {
+        writer
+            .set_behind("hot", format!("hot{round}"))
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while writer.stats().queue_depth > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the window never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(value(&store, "hot").await.as_deref(), Some("hot19"));
+    assert_eq!(value(&store, "cold").await.as_deref(), Some("c"));
+    let stats = writer.stats();
+    assert_eq!((stats.flushed, stats.coalesced), (2, 19), "{stats:?}");
+    writer.shutdown(WAIT).await;
+    let _ = std::fs::remove_dir_all(dir);
+
+    // Batches of one: the flusher holds at most 4 keys. Of 10 distinct keys
+    // with an hour's window, those beyond its fill go at once; the rest wait.
+    let dir = wal_dir("full");
+    let writer = Writer::builder(cache(), store.clone())
+        .wal(&dir)
+        .batch_size(1)
+        .flush_interval(Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    for i in 0..10 {
+        writer
+            .set_behind(&format!("d{i}"), "v".into())
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while writer.stats().flushed < 7 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a full flusher did not send"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = writer.stats();
+    assert_eq!((stats.flushed, stats.queue_depth), (7, 3), "{stats:?}");
+    assert_eq!(
+        value(&store, "d0").await.as_deref(),
+        Some("v"),
+        "oldest first"
+    );
+    assert_eq!(
+        value(&store, "d9").await,
+        None,
+        "the newest wait out their window"
+    );
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(value(&store, "d9").await.as_deref(), Some("v"));
+    writer.shutdown(WAIT).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_is_dead_lettered_without_blocking_other_keys() {
     let (pg, store) = database().await;

@@ -62,6 +62,9 @@ use crate::Value;
 /// due (bounds the flusher's CPU when writes arrive faster than this).
 const SCAN_SPACING: Duration = Duration::from_millis(1);
 
+/// The most `take`s from the queue per look at the held records.
+const TAKES_PER_LOOK: usize = 16;
+
 /// The flusher's settings.
 #[derive(Debug, Clone)]
 pub(crate) struct FlushConfig {
@@ -116,18 +119,38 @@ impl<V: Value> Flusher<V> {
             if self.control.stop.load(Ordering::SeqCst) {
                 return;
             }
-            if held.len() < cap {
-                match self.queue.take(cap - held.len()).await {
-                    Ok(taken) => self.hold(&mut held, taken),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "write-behind: cannot read the queue");
-                        // What is already held can still go to the store.
-                        if held.is_empty() {
-                            self.pause(backoff(&self.config, 1)).await;
-                            continue;
+            // Take what the queue has, up to the fill of keys: a record
+            // left in the queue would miss its key's batch (and the
+            // coalescing). Taken records of held keys add no key, so this
+            // goes on while the queue answers in full — a bounded number
+            // of times, so a queue refilled as fast as it is read cannot
+            // keep the batches from going.
+            let mut read_failed = false;
+            for _ in 0..TAKES_PER_LOOK {
+                if held.len() >= cap {
+                    break;
+                }
+                let want = cap - held.len();
+                match self.queue.take(want).await {
+                    Ok(taken) => {
+                        let all = taken.len() >= want;
+                        self.hold(&mut held, taken);
+                        if !all {
+                            break;
                         }
                     }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "write-behind: cannot read the queue");
+                        read_failed = true;
+                        break;
+                    }
                 }
+            }
+            // What is already held can still go to the store; with nothing
+            // held after a failed read, wait before reading again.
+            if read_failed && held.is_empty() {
+                self.pause(backoff(&self.config, 1)).await;
+                continue;
             }
             self.counters.oldest_at_ms.store(
                 held.values().map(|h| h.record.at_ms).min().unwrap_or(0),
