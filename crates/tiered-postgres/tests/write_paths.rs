@@ -539,6 +539,34 @@ async fn a_full_queue_pushes_back_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_for_room_do_not_wait_out_the_flush_window() {
+    let (_pg, store) = database().await;
+    let dir = wal_dir("pressed");
+    // A queue of 5 records and an hour's window: without the push from the
+    // waiting writes, the 6th would wait until its enqueue timeout and fail.
+    let writer = Writer::builder(cache(), store.clone())
+        .wal(&dir)
+        .max_queued(5)
+        .flush_interval(Duration::from_secs(3600))
+        .enqueue_timeout(WAIT)
+        .start()
+        .await
+        .unwrap();
+    for i in 0..12 {
+        writer
+            .set_behind(&format!("k{i}"), "v".into())
+            .await
+            .unwrap();
+    }
+    let stats = writer.stats();
+    assert!(stats.flushed >= 7, "{stats:?}");
+    assert_eq!(stats.refused_full, 0, "{stats:?}");
+    assert!(writer.flush(WAIT).await);
+    assert_eq!(store.dump().await.unwrap().len(), 12);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_values_fill_the_queue_by_bytes_before_its_record_count() {
     let (mut pg, store) = database().await;
     let cache = cache();

@@ -16,8 +16,9 @@
 //! written a thousand times in a window costs the store one row, which is
 //! what lets write-behind absorb a burst on hot keys (as Hazelcast's
 //! `write-delay-seconds` does). The flusher holds at most four batches'
-//! worth of keys; when that is full (many distinct keys), batches go at once,
-//! as fast as the store takes them, instead of waiting out the window.
+//! worth of keys; when that is full (many distinct keys), or when a write is
+//! waiting for room in a full queue, batches go at once, as fast as the
+//! store takes them, instead of waiting out the window.
 //!
 //! The trade: the store lags the cache by up to `flush_interval` even under
 //! load. An earlier version sent a batch as soon as `batch_size` keys were
@@ -43,7 +44,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +88,28 @@ pub(crate) struct Control {
     pub draining: AtomicBool,
     /// Stop after the current batch.
     pub stop: AtomicBool,
+    /// Writes waiting for room in a full queue: while there are any, what
+    /// is held goes at once instead of waiting out its window (see
+    /// [`Pressed`]).
+    pub pressed: AtomicUsize,
+}
+
+/// Counts a write waiting for room in [`Control::pressed`] while it lives
+/// (a cancelled wait is uncounted too).
+pub(crate) struct Pressed<'a>(&'a Control);
+
+impl<'a> Pressed<'a> {
+    pub fn new(control: &'a Control) -> Self {
+        control.pressed.fetch_add(1, Ordering::SeqCst);
+        control.wake.notify_one();
+        Pressed(control)
+    }
+}
+
+impl Drop for Pressed<'_> {
+    fn drop(&mut self) {
+        self.0.pressed.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Held {
@@ -170,7 +193,7 @@ impl<V: Value> Flusher<V> {
             let waited_out = due
                 .iter()
                 .any(|(_, h)| now.duration_since(h.taken_at) >= self.config.flush_interval);
-            let full = held.len() >= cap;
+            let full = held.len() >= cap || self.control.pressed.load(Ordering::SeqCst) > 0;
             if due.is_empty() || !(draining || waited_out || full) {
                 // Sleep until a batch could be due: the earliest retry, the
                 // oldest record's interval, or a wake-up.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::flusher::{Control, FlushConfig, Flusher};
+use super::flusher::{Control, FlushConfig, Flusher, Pressed};
 use super::queue::Queue;
 use super::record::Record;
 use super::stats::{now_ms, Counters, WriteStats};
@@ -600,9 +600,15 @@ impl<V: Value> Shared<V> {
     async fn room(&self, queue: &dyn Queue) -> Result<(), WriteError> {
         let (max, max_bytes) = (self.max_queued, self.max_queued_bytes);
         let has_room = || queue.depth() < max && queue.bytes() < max_bytes;
-        if has_room() || wait_until(self.enqueue_timeout, has_room, &self.control).await {
+        if has_room() {
             return Ok(());
         }
+        // The flusher stops waiting out its windows while this waits.
+        let pressed = Pressed::new(&self.control);
+        if wait_until(self.enqueue_timeout, has_room, &self.control).await {
+            return Ok(());
+        }
+        drop(pressed);
         self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
         self.counters.metrics.behind_full.increment(1);
         Err(WriteError::QueueFull {
