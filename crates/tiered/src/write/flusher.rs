@@ -9,22 +9,31 @@
 //! # When a batch goes
 //!
 //! A key's writes are held for [`flush_interval`](super::WriterBuilder::flush_interval)
-//! from the first one taken, and every later write to it in that window
-//! replaces the one held. When the oldest held key's window is over, a batch
-//! goes: every key held, oldest first, at most
-//! [`batch_size`](super::WriterBuilder::batch_size) per store call. So a key
-//! written a thousand times in a window costs the store one row, which is
-//! what lets write-behind absorb a burst on hot keys (as Hazelcast's
-//! `write-delay-seconds` does). The flusher holds at most four batches'
-//! worth of keys; when that is full (many distinct keys), or when a write is
-//! waiting for room in a full queue, batches go at once, as fast as the
-//! store takes them, instead of waiting out the window.
+//! from when its first record was taken from the queue, and every later
+//! write to it in that window replaces the one held. When the oldest held
+//! key's window is over, a batch goes: the oldest held keys, at most
+//! [`batch_size`](super::WriterBuilder::batch_size) per store call (keys
+//! that fit in the call go with it even if their own window is not over).
+//! So a key written a thousand times in a window costs the store one row,
+//! which is what lets write-behind absorb a burst on hot keys (as
+//! Hazelcast's `write-delay-seconds` does).
+//!
+//! Batches go at once, without waiting out any window, when the flusher
+//! holds its fill of keys (four batches' worth: many distinct keys), when a
+//! write is waiting for room in a full queue (so back-pressure never waits
+//! on a window), and when draining ([`Writer::flush`](super::Writer::flush),
+//! shutdown).
 //!
 //! The trade: the store lags the cache by up to `flush_interval` even under
-//! load. An earlier version sent a batch as soon as `batch_size` keys were
-//! held; on a burst over a thousand hot keys that wrote each key's every few
-//! writes to PostgreSQL, and on a machine the database shares, its CPU came
-//! out of the acknowledgements (BENCHMARKS.md, write paths).
+//! load (plus any time a record spent queued behind others). An earlier
+//! version sent a batch as soon as `batch_size` keys were held; on a burst
+//! over a thousand hot keys that wrote each key's every few writes to
+//! PostgreSQL, and on a machine the database shares, its CPU came out of
+//! the acknowledgements (BENCHMARKS.md, write paths). Keep `flush_interval`
+//! well below the stream queue's
+//! [`claim_idle`](super::StreamOptions::claim_idle): a record held longer is
+//! claimed by another instance too (harmless, the store's version guard
+//! keeps the newest, but the coalescing is lost).
 //!
 //! Failures, by [`StoreErrorKind`]:
 //!
@@ -63,6 +72,10 @@ use crate::Value;
 /// due (bounds the flusher's CPU when writes arrive faster than this).
 const SCAN_SPACING: Duration = Duration::from_millis(1);
 
+/// How far "never" is for a timer (tokio's `Instant` cannot add
+/// `Duration::MAX`).
+const FAR: Duration = Duration::from_secs(86_400 * 365);
+
 /// The most `take`s from the queue per look at the held records.
 const TAKES_PER_LOOK: usize = 16;
 
@@ -84,7 +97,7 @@ pub(crate) struct Control {
     pub wake: Notify,
     /// The queue shrank: waiting appends may go.
     pub space: Notify,
-    /// Flush everything due now, without waiting for batches to fill.
+    /// Flush everything due now, without waiting out any window.
     pub draining: AtomicBool,
     /// Stop after the current batch.
     pub stop: AtomicBool,
@@ -196,12 +209,20 @@ impl<V: Value> Flusher<V> {
             let full = held.len() >= cap || self.control.pressed.load(Ordering::SeqCst) > 0;
             if due.is_empty() || !(draining || waited_out || full) {
                 // Sleep until a batch could be due: the earliest retry, the
-                // oldest record's interval, or a wake-up.
+                // oldest record's window end (a full flusher waits for no
+                // window), or a wake-up. A window too long to add up is
+                // "when full" only.
+                let window = self.config.flush_interval;
+                let far = now.checked_add(window).unwrap_or(now + FAR);
                 let next = held
                     .values()
-                    .map(|h| h.next_try.max(h.taken_at + self.config.flush_interval))
+                    .map(|h| match h.taken_at.checked_add(window) {
+                        _ if full => h.next_try,
+                        Some(end) => h.next_try.max(end),
+                        None => far,
+                    })
                     .min()
-                    .unwrap_or(now + self.config.flush_interval);
+                    .unwrap_or(far);
                 tokio::select! {
                     () = self.control.wake.notified() => {
                         // Every acknowledged write wakes the flusher, but one

@@ -50,7 +50,9 @@
 //! bytes of memory ([`WriterBuilder::max_queued_bytes`]): when the store is
 //! down long enough to fill it, write-behind calls wait for room and then
 //! fail with [`WriteError::QueueFull`] instead of eating memory or disk
-//! without limit.
+//! without limit. (A queue that fills while the store is up — a burst
+//! within one flush window — makes the flusher send at once; see
+//! [`flusher`].)
 //!
 //! # Order and versions
 //!

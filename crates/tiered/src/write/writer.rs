@@ -65,7 +65,9 @@ impl<V: Value> WriterBuilder<V> {
         self
     }
 
-    /// The most keys in one store call (default 500).
+    /// The most keys in one store call (default 500). The flusher holds at
+    /// most four times this many keys; when it does, it sends at once
+    /// instead of waiting out the [`flush_interval`](Self::flush_interval).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.config.batch_size = n.max(1);
         self
@@ -460,7 +462,7 @@ impl<V: Value> Writer<V> {
     }
 
     /// Waits until every acknowledged write-behind record is in the store (or
-    /// dead-lettered), flushing without waiting for batches to fill. Returns
+    /// dead-lettered), flushing without waiting out the flush window. Returns
     /// false if `limit` passed first.
     pub async fn flush(&self, limit: Duration) -> bool {
         let shared = &self.shared;
