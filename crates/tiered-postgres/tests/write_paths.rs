@@ -269,14 +269,7 @@ async fn a_key_written_within_its_window_lands_once_and_a_full_flusher_sends_at_
             .await
             .unwrap();
     }
-    let deadline = std::time::Instant::now() + WAIT;
-    while writer.stats().queue_depth > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the window never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("the window ends", || writer.stats().queue_depth == 0).await;
     assert_eq!(value(&store, "hot").await.as_deref(), Some("hot19"));
     assert_eq!(value(&store, "cold").await.as_deref(), Some("c"));
     let stats = writer.stats();
@@ -302,14 +295,7 @@ async fn a_key_written_within_its_window_lands_once_and_a_full_flusher_sends_at_
     }
     // (`flushed` counts a batch before its records are confirmed, so wait
     // for the depth.)
-    let deadline = std::time::Instant::now() + WAIT;
-    while writer.stats().queue_depth > 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a full flusher did not send"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("a full flusher sends", || writer.stats().queue_depth <= 3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stats = writer.stats();
     assert_eq!((stats.flushed, stats.queue_depth), (7, 3), "{stats:?}");
