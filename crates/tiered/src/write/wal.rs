@@ -760,8 +760,11 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 fn create_segment(dir: &Path, path: &Path) -> Result<File, WriteError> {
     // Not `append`: the writer writes at its own offset, over the zeros it
     // filled in ahead (see [Preallocation](self#preallocation)).
+    // (A file already of this name holds no record: it can only be an
+    // empty segment a crash left right after a rotation.)
     let file = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(path)
         .map_err(|e| io_error(path, e))?;
