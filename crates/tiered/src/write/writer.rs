@@ -21,7 +21,14 @@ use crate::options::validate_tag;
 use crate::Value;
 
 /// How many stripes serialize writes per key (see `Shared::stripes`).
-const STRIPES: usize = 256;
+///
+/// A write holds its key's stripe until it is durable, so two writes to
+/// different keys that share a stripe wait for each other's `fdatasync` or
+/// `XADD`. With 256 stripes, 64 concurrent writers to distinct keys had ~8
+/// such pairs at any time; with 4,096, under one, and write-behind
+/// acknowledged ~20% more (`write-paths`, BENCHMARKS.md). The cost is
+/// ~40 bytes a stripe, ~160 KiB a writer.
+const STRIPES: usize = 4096;
 
 /// The largest encoded value a write-behind record may carry.
 pub const MAX_QUEUED_VALUE_BYTES: usize = 64 << 20;
