@@ -7,7 +7,9 @@
 //! * `wal-<first seq>.log` — segments. Each record is a frame
 //!   `len u32 | crc32 u32 | seq u64 | record` (little-endian; the CRC covers
 //!   `seq | record`). A new segment starts when the current one passes
-//!   [`WalOptions::segment_bytes`].
+//!   [`WalOptions::segment_bytes`]. The segment being written (or one a
+//!   crash left mid-rotation) ends in zeros, up to a chunk past its frames:
+//!   see [Preallocation](#preallocation).
 //! * `checkpoint` — the highest sequence number below which every record has
 //!   been confirmed by the store, and the highest record version the log has
 //!   seen (so versions keep growing after a restart that finds the log
@@ -18,7 +20,7 @@
 //! # What is durable when a call returns
 //!
 //! One thread owns the active segment. It takes every append waiting for it,
-//! writes them with one `write` and, with [`Fsync::Batched`] (the default),
+//! writes them with one positioned `write` and, with [`Fsync::Batched`] (the default),
 //! one `fdatasync`, and only then acknowledges them. So when `set_behind`
 //! returns `Ok`, its record is on disk and survives a crash of the process, of
 //! the kernel or a power cut (as far as the disk honours flushes). Batching is
@@ -44,10 +46,13 @@
 //!
 //! # Recovery
 //!
-//! Opening the log reads every segment. A frame that is cut short or fails
-//! its CRC at the end of the last segment is a write the crash interrupted —
-//! never acknowledged — and is cut off. One anywhere else is corruption: it is
-//! logged and counted, and the rest of that segment is skipped. Records after
+//! Opening the log reads every segment. Its records end where a frame's
+//! length would be zero (no real frame is empty: it holds its sequence
+//! number). A frame that is cut short or fails its CRC at the end of the
+//! last segment is a write the crash interrupted — never acknowledged — and
+//! is cut off, with the zeros after it. One anywhere else, or anything but
+//! zeros after a segment's records, is corruption: it is logged and
+//! counted, and the rest of that segment is skipped. Records after
 //! the checkpoint go back to the flusher; replaying one the store had already
 //! applied is harmless (the store's version guard, see [`crate::write::store`]).
 //!
@@ -63,10 +68,15 @@
 //! write into blocks the file already has flushes the data alone. On this
 //! project's benchmark machine (ext4 on a virtual disk) that took a
 //! 10 KB write plus `fdatasync` from ~320 µs to ~200 µs, and
-//! [`Fsync::Batched`] is bound by that latency. The journal commit is paid
-//! once per chunk instead, by the sync after the zeros are written.
-//! Recovery reads a zero frame header as the end of the records (a real
-//! frame is never empty: it holds its sequence number).
+//! [`Fsync::Batched`] is bound by that latency. The zeros are not synced on
+//! their own (PostgreSQL syncs a segment before using it): the first sync
+//! after a chunk is filled in carries them, its write and the journal
+//! commit, so with [`Fsync::Batched`] one acknowledgement per MiB of records
+//! takes longer. Recovery needs no more than that: zeros read as the end of
+//! the records, and a chunk that never reached the disk held nothing
+//! acknowledged. The cost: the log needs up to a chunk of free disk space
+//! ahead of its records, and on a nearly full disk fails an append a little
+//! sooner.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -267,7 +277,7 @@ impl Wal {
         // Always start a fresh segment: the last one may end in a skipped
         // corrupt frame, and appending after it would hide new records.
         let path = segment_path(&dir, next_seq);
-        let file = create_segment(&dir, &path)?;
+        let (file, written) = create_segment(&dir, &path)?;
         // (An empty segment left by a crash right after a rotation already
         // has this name.)
         if segments.last().map(|s| s.0) != Some(next_seq) {
@@ -289,8 +299,8 @@ impl Wal {
         let writer = Writer {
             dir: dir.clone(),
             file,
-            written: 0,
-            allocated: 0,
+            written,
+            allocated: written,
             next_seq,
             options: options.clone(),
             state: Arc::clone(&state),
@@ -604,6 +614,16 @@ impl Writer {
                     broken |= self.periodic_sync();
                 }
             }
+            if self.written >= self.options.segment_bytes {
+                // The old segment's unsynced tail would be out of reach of
+                // the syncs to come, which go to the new segment.
+                if self.unsynced.is_some() {
+                    broken |= self.periodic_sync();
+                }
+                // Before acknowledging: when an append returns, the files
+                // are as the next append will find them.
+                self.rotate();
+            }
             let mut dones = Vec::with_capacity(batch.len());
             {
                 let mut state = self.state.lock();
@@ -620,14 +640,6 @@ impl Writer {
             }
             for done in dones {
                 let _ = done.send(Ok(()));
-            }
-            if self.written >= self.options.segment_bytes {
-                // The old segment's unsynced tail would be out of reach of
-                // the syncs to come, which go to the new segment.
-                if self.unsynced.is_some() {
-                    broken |= self.periodic_sync();
-                }
-                self.rotate();
             }
         }
         if self.unsynced.is_some() {
@@ -674,13 +686,13 @@ impl Writer {
     fn rotate(&mut self) {
         let path = segment_path(&self.dir, self.next_seq);
         match create_segment(&self.dir, &path) {
-            Ok(file) => {
+            Ok((file, len)) => {
                 // Give back the zeros the old segment will never use (no
                 // sync needed: recovery reads a zero tail as the end anyway).
                 let _ = self.file.set_len(self.written);
                 self.file = file;
-                self.written = 0;
-                self.allocated = 0;
+                self.written = len;
+                self.allocated = len;
                 self.state.lock().segments.push((self.next_seq, path));
             }
             // Keep writing the current segment; rotation is retried after
@@ -757,20 +769,23 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("wal-{first_seq:020}.log"))
 }
 
-fn create_segment(dir: &Path, path: &Path) -> Result<File, WriteError> {
+/// Creates (or opens) a segment; returns it with its length, where the
+/// writer goes on. A file of that name can already exist: an empty segment a
+/// crash left right after a rotation, or one whose only frames recovery could
+/// not read (a newer format). Those frames are kept, never overwritten.
+fn create_segment(dir: &Path, path: &Path) -> Result<(File, u64), WriteError> {
     // Not `append`: the writer writes at its own offset, over the zeros it
     // filled in ahead (see [Preallocation](self#preallocation)).
-    // (A file already of this name holds no record: it can only be an
-    // empty segment a crash left right after a rotation.)
     let file = OpenOptions::new()
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .write(true)
         .open(path)
         .map_err(|e| io_error(path, e))?;
+    let len = file.metadata().map_err(|e| io_error(path, e))?.len();
     // The new file's name must survive a crash too.
     sync_dir(dir).map_err(|e| io_error(dir, e))?;
-    Ok(file)
+    Ok((file, len))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -1188,6 +1203,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn zeros_end_a_segments_records_and_data_after_them_is_cut_or_counted() {
+        let dir = temp_dir("zeros");
+        let opts = WalOptions {
+            segment_bytes: 200,
+            ..WalOptions::new(&dir)
+        };
+        {
+            let wal = Wal::open(&opts).unwrap().wal;
+            for v in 1..=10 {
+                wal.append(record(&format!("k{v}"), v)).await.unwrap();
+            }
+        }
+        let segments = list_segments(&dir).unwrap();
+        assert!(segments.len() > 2);
+        let (first, last) = (&segments[0].1, &segments[segments.len() - 1].1);
+        // A zero length followed by data: after a segment's records, never
+        // the log's own doing.
+        for path in [first, last] {
+            let end = parse_frames(&fs::read(path).unwrap()).1;
+            let file = OpenOptions::new().write(true).open(path).unwrap();
+            file.write_all_at(&[0; 8], end as u64).unwrap();
+            file.write_all_at(b"junk", end as u64 + 8).unwrap();
+        }
+        let recovered = Wal::open(&opts).unwrap();
+        // In an older segment it is corruption; at the end of the last one,
+        // a write a crash interrupted, cut off.
+        assert_eq!((recovered.corrupt, recovered.pending), (1, 10));
+        let bytes = fs::read(last).unwrap();
+        assert_eq!(parse_frames(&bytes).1, bytes.len());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn a_torn_tail_is_cut_and_later_appends_survive() {
         let dir = temp_dir("torn");
         let opts = WalOptions::new(&dir);
@@ -1215,6 +1263,7 @@ mod tests {
             .unwrap();
         {
             let recovered = Wal::open(&opts).unwrap();
+            assert_eq!(recovered.corrupt, 0);
             assert_eq!(recovered.pending, 1);
             assert_eq!(recovered.corrupt, 0);
             recovered.wal.append(record("c", 3)).await.unwrap();
