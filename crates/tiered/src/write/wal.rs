@@ -20,8 +20,9 @@
 //! # What is durable when a call returns
 //!
 //! One thread owns the active segment. It takes every append waiting for it,
-//! writes them with one positioned `write` and, with [`Fsync::Batched`] (the default),
-//! one `fdatasync`, and only then acknowledges them. So when `set_behind`
+//! writes them with one positioned `write` (over zeros filled in ahead: see
+//! [Preallocation](#preallocation)) and, with [`Fsync::Batched`] (the
+//! default), one `fdatasync`, and only then acknowledges them. So when `set_behind`
 //! returns `Ok`, its record is on disk and survives a crash of the process, of
 //! the kernel or a power cut (as far as the disk honours flushes). Batching is
 //! what makes this fast: while one `fdatasync` runs, the next appends gather,
@@ -973,6 +974,16 @@ mod tests {
         dir
     }
 
+    /// A fresh log directory, and options rotating every `segment_bytes`.
+    fn small_segments(name: &str, segment_bytes: u64) -> (PathBuf, WalOptions) {
+        let dir = temp_dir(name);
+        let opts = WalOptions {
+            segment_bytes,
+            ..WalOptions::new(&dir)
+        };
+        (dir, opts)
+    }
+
     #[test]
     fn frames_built_in_place_are_the_frames_recovery_reads() {
         let mut tagged = record("k", 7);
@@ -991,11 +1002,7 @@ mod tests {
 
     #[tokio::test]
     async fn acknowledged_records_survive_a_reopen_and_confirmed_ones_do_not() {
-        let dir = temp_dir("reopen");
-        let opts = WalOptions {
-            segment_bytes: 200,
-            ..WalOptions::new(&dir)
-        };
+        let (dir, opts) = small_segments("reopen", 200);
         {
             let wal = Wal::open(&opts).unwrap().wal;
             for v in 1..=20 {
@@ -1072,11 +1079,7 @@ mod tests {
         // Each confirmation writes the checkpoint (durably when it deletes
         // segments) on the blocking pool; many at once must leave a
         // checkpoint that reads back, so a reopen replays nothing.
-        let dir = temp_dir("concurrent-confirm");
-        let opts = WalOptions {
-            segment_bytes: 300,
-            ..WalOptions::new(&dir)
-        };
+        let (dir, opts) = small_segments("concurrent-confirm", 300);
         {
             let wal = Arc::new(Wal::open(&opts).unwrap().wal);
             for v in 1..=200 {
@@ -1155,11 +1158,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_across_preallocated_segments_are_recovered_in_order() {
-        let dir = temp_dir("group");
-        let opts = WalOptions {
-            segment_bytes: 4096,
-            ..WalOptions::new(&dir)
-        };
+        let (dir, opts) = small_segments("concurrent-appends", 4096);
         let wal = Arc::new(Wal::open(&opts).unwrap().wal);
         let tasks: Vec<_> = (0..16u64)
             .map(|t| {
@@ -1204,11 +1203,7 @@ mod tests {
 
     #[tokio::test]
     async fn zeros_end_a_segments_records_and_data_after_them_is_cut_or_counted() {
-        let dir = temp_dir("zeros");
-        let opts = WalOptions {
-            segment_bytes: 200,
-            ..WalOptions::new(&dir)
-        };
+        let (dir, opts) = small_segments("zeros", 200);
         {
             let wal = Wal::open(&opts).unwrap().wal;
             for v in 1..=10 {
