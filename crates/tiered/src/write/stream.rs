@@ -10,8 +10,8 @@
 //!
 //! # One entry, many records
 //!
-//! Appends made while an `XADD` is in flight go out together in the next one,
-//! as one stream entry holding each record in its own `r` field (at most
+//! Up to two `XADD`s are on the wire at once ([`XADD_IN_FLIGHT`]); appends
+//! made while both are go out together in the next one, as one stream entry holding each record in its own `r` field (at most
 //! [`ENTRY_RECORDS`] records or [`ENTRY_BYTES`] bytes; then the next entry).
 //! This is group commit, as the write-ahead log does with `fdatasync`: Redis
 //! does its per-entry work (`XADD`, `XREADGROUP`, `XACK`, `XDEL`, and with
@@ -109,6 +109,11 @@ impl StreamOptions {
 pub const ENTRY_RECORDS: usize = 256;
 /// An entry takes no more records once its records' bytes reach this.
 pub const ENTRY_BYTES: usize = 1 << 20;
+/// `XADD`s on the wire at once. With one, Redis's `appendfsync always`
+/// flush and the round trip left both sides idle in turn; a second in
+/// flight acknowledged 15–40% more writes there (`write-paths`,
+/// BENCHMARKS.md).
+pub const XADD_IN_FLIGHT: usize = 2;
 
 /// An encoded record waiting for the next `XADD`, and who to tell.
 type Append = (Vec<u8>, oneshot::Sender<Result<(), String>>);
@@ -766,11 +771,11 @@ fn records(fields: &Fields) -> impl Iterator<Item = &[u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
-/// Writes appends as entries, one `XADD` in flight at a time: what arrives
-/// meanwhile goes into the next entry (see the module docs). Ends when the
-/// queue is dropped.
+/// Writes appends as entries, at most [`XADD_IN_FLIGHT`] `XADD`s in flight
+/// at a time: what arrives meanwhile goes into the next entry (see the module
+/// docs). Ends when the queue is dropped.
 async fn write_entries(
-    mut conn: Conn,
+    conn: Conn,
     key: String,
     count_key: String,
     mut waiting: mpsc::UnboundedReceiver<Append>,
@@ -778,7 +783,7 @@ async fn write_entries(
     // A script, not MULTI: a refused XADD (say, WRONGTYPE) must leave the
     // count alone too, and a transaction runs the rest of its commands after
     // one fails. The count is advisory: its own failure fails nothing.
-    let script = redis::Script::new(
+    let script = Arc::new(redis::Script::new(
         r"local args = {KEYS[1], '*'}
           for i = 1, #ARGV do
             args[#args + 1] = 'r'
@@ -787,30 +792,48 @@ async fn write_entries(
           local id = redis.call('XADD', unpack(args))
           redis.pcall('INCRBY', KEYS[2], #ARGV)
           return id",
-    );
-    let mut group: Vec<Append> = Vec::new();
+    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(XADD_IN_FLIGHT));
     while let Some(first) = waiting.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return; // never closed
+        };
+        // The writers woken by the last answer are ready to run: let them
+        // append before the group is cut, or the first of them goes alone.
+        tokio::task::yield_now().await;
         let mut bytes = first.0.len();
-        group.push(first);
+        let mut group = vec![first];
         while group.len() < ENTRY_RECORDS && bytes < ENTRY_BYTES {
             let Ok(next) = waiting.try_recv() else { break };
             bytes += next.0.len();
             group.push(next);
         }
-        let mut call = script.key(&key);
-        call.key(&count_key);
-        for (record, _) in &group {
-            call.arg(record);
-        }
-        let result = call
-            .invoke_async::<RValue>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("Redis: {e}"));
-        for (_, done) in group.drain(..) {
-            // A caller that stopped waiting has nobody to tell.
-            let _ = done.send(result.clone());
-        }
+        let (script, key, count_key, mut conn) = (
+            Arc::clone(&script),
+            key.clone(),
+            count_key.clone(),
+            conn.clone(),
+        );
+        // Its own task, so the next group can go while this one is on the
+        // wire. Two groups in flight never hold records of one key: a writer
+        // holds its key's stripe until its record is in.
+        tokio::spawn(async move {
+            let mut call = script.key(&key);
+            call.key(&count_key);
+            for (record, _) in &group {
+                call.arg(record);
+            }
+            let result = call
+                .invoke_async::<RValue>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("Redis: {e}"));
+            drop(slot);
+            for (_, done) in group {
+                // A caller that stopped waiting has nobody to tell.
+                let _ = done.send(result.clone());
+            }
+        });
     }
 }
 
