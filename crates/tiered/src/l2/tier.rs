@@ -309,13 +309,12 @@ impl Tier {
     }
 
     /// Reads `keys`, merged with concurrent reads (see [`Batcher`]). A
-    /// queued read waits at most twice the L2 timeout: for a batch to take
-    /// it, then for that batch's call (itself bounded by the timeout). A
-    /// queued read handed the next batch late in its wait then sends it, so
-    /// the worst case is about three timeouts.
+    /// queued read is sent only within the L2 timeout of its call, and each
+    /// call is bounded by the timeout, so a read takes at most about two
+    /// timeouts.
     async fn read(self: &Arc<Self>, keys: Vec<String>) -> RawValues {
         self.reads
-            .read(keys, self.timeout.saturating_mul(2), |keys| async move {
+            .read(keys, self.timeout, |keys| async move {
                 self.call(self.backend.get_many(&keys)).await
             })
             .await
