@@ -141,8 +141,9 @@ pub struct Config {
     pub max_request_body: u64,
     /// Slowest request body accepted, in bytes per second of time spent
     /// waiting on the client for it, once that time exceeds
-    /// [`UPLOAD_GRACE`]; slower uploads get a 408 (until the origin has
-    /// answered). 0 is off.
+    /// [`UPLOAD_GRACE`]; slower uploads get a 408 (once the origin has
+    /// answered, the upload and both connections are cut instead). 0 is
+    /// off.
     pub min_upload_rate: u64,
     /// Largest response stored in the cache (bigger ones are streamed through).
     pub max_cached_body: u64,

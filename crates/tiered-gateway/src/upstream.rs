@@ -203,6 +203,9 @@ async fn exchange(
         let body = Tracked {
             body,
             progress: Arc::clone(&progress),
+            sleep: None,
+            idle: inner.read_timeout,
+            min_rate: inner.min_upload_rate,
         };
         req = Request::from_parts(parts, tiered_http::boxed_body(body));
     }
@@ -230,6 +233,7 @@ async fn exchange(
             deadline.min(after(now, RECHECK))
         };
         if let Ok(res) = tokio::time::timeout_at(wake, &mut response).await {
+            progress.answered.store(true, Ordering::Relaxed);
             return Ok(res);
         }
     }
@@ -322,6 +326,8 @@ struct Progress {
     waiting_since: AtomicU64,
     /// The whole request body has been sent.
     done: AtomicBool,
+    /// The origin's response head has come (see [`Tracked`]).
+    answered: AtomicBool,
 }
 
 const NOT_WAITING: u64 = u64::MAX;
@@ -335,6 +341,7 @@ impl Progress {
             waited: AtomicU64::new(0),
             waiting_since: AtomicU64::new(NOT_WAITING),
             done: AtomicBool::new(done),
+            answered: AtomicBool::new(false),
         }
     }
 
@@ -404,35 +411,77 @@ impl Progress {
 
 pin_project_lite::pin_project! {
     /// A request body that records each chunk (and its end) in `progress`.
+    ///
+    /// Once the origin has answered (`progress.answered`), it also enforces
+    /// the read timeout and the minimum upload rate itself: an origin may
+    /// answer before it has read the whole body, and then nothing else
+    /// watches the upload, which goes on under the response while the client
+    /// holds the origin connection. Before that, [`exchange`] watches it
+    /// (and answers 408). `sleep` is armed at the deadline while the client
+    /// is being waited on.
     struct Tracked<B> {
         #[pin]
         body: B,
         progress: Arc<Progress>,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        idle: Duration,
+        min_rate: u64,
     }
 }
 
-impl<B: HttpBody> HttpBody for Tracked<B> {
+impl<B> HttpBody for Tracked<B>
+where
+    B: HttpBody,
+    B::Error: Into<BoxError>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
         let polled = this.body.as_mut().poll_frame(cx);
-        if polled.is_pending() {
+        let Poll::Ready(frame) = polled else {
             this.progress.waiting();
-        }
-        if let Poll::Ready(frame) = &polled {
-            let done = !matches!(frame, Some(Ok(_))) || this.body.is_end_stream();
-            let bytes = match frame {
-                Some(Ok(frame)) => frame.data_ref().map_or(0, Buf::remaining),
-                _ => 0,
-            };
-            this.progress.touch(bytes, done);
-        }
-        polled
+            // The deadline stands while this wait lasts (only a chunk moves
+            // it). When it passes before the origin has answered, the
+            // exchange fails the request; look again a little later.
+            loop {
+                let now = tokio::time::Instant::now();
+                let (deadline, too_slow) = this.progress.deadline(*this.idle, *this.min_rate);
+                let wake = if deadline > now {
+                    deadline
+                } else if this.progress.answered.load(Ordering::Relaxed) {
+                    let error = if too_slow {
+                        UpstreamError::ClientTooSlow(*this.min_rate)
+                    } else {
+                        UpstreamError::ClientTimeout(*this.idle)
+                    };
+                    tracing::debug!(%error, "request body cut after the response began");
+                    return Poll::Ready(Some(Err(error.into())));
+                } else {
+                    after(now, RECHECK)
+                };
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
+                if sleep.deadline() != wake {
+                    sleep.as_mut().reset(wake);
+                }
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        };
+        let done = !matches!(frame, Some(Ok(_))) || this.body.is_end_stream();
+        let bytes = match &frame {
+            Some(Ok(frame)) => frame.data_ref().map_or(0, Buf::remaining),
+            _ => 0,
+        };
+        this.progress.touch(bytes, done);
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

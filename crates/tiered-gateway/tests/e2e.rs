@@ -517,6 +517,86 @@ async fn an_upload_below_the_minimum_rate_is_a_408() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_slow_upload_is_cut_even_after_the_origin_has_answered() {
+    // An origin that answers at once, before the body, with a response it
+    // streams (a chunk a second, so the response is never idle) and never
+    // ends, and reads what comes of the upload until the gateway closes
+    // the connection: how long that takes is what is measured.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let accepted = Instant::now();
+        let (mut rd, mut wr) = s.into_split();
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = rd.read(&mut buf).await.unwrap_or(0);
+            assert!(n > 0, "closed before the request head");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let streaming = tokio::spawn(async move {
+            let head =
+                b"HTTP/1.1 200 OK\r\ncache-control: no-store\r\ntransfer-encoding: chunked\r\n\r\n";
+            let mut out = head.to_vec();
+            while wr.write_all(&out).await.is_ok() {
+                out = b"5\r\nhello\r\n".to_vec();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+        streaming.abort();
+        let _ = closed_tx.send(accepted.elapsed());
+    });
+    let cfg = ConfigFile::new("[proxy]\nmin_upload_rate = \"1KiB\"\n");
+    let gw = Gateway::start(&format!("http://{origin_addr}"), &["--config", &cfg.path]).await;
+    // 400 B/s for up to 50 s, never idle for the read timeout.
+    let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let client = tokio::spawn(async move {
+        let head = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        wr.write_all(head).await?;
+        for _ in 0..200 {
+            let mut piece = b"64\r\n".to_vec();
+            piece.extend(std::iter::repeat_n(b'u', 100));
+            piece.extend_from_slice(b"\r\n");
+            wr.write_all(&piece).await?;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(5).any(|w| w == b"hello") {
+        let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+            .await
+            .expect("the response began")
+            .unwrap();
+        assert!(n > 0, "closed before the response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    // Cut once the average falls under 1 KiB/s after the 5 s grace (~8 s),
+    // not when the client is done (50 s).
+    let held = tokio::time::timeout(Duration::from_secs(25), closed_rx)
+        .await
+        .expect("the gateway still holds the origin connection after 25 s")
+        .unwrap();
+    assert!(
+        held >= Duration::from_secs(5),
+        "cut within the grace period: {held:?}"
+    );
+    // The client's connection ends too.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(end.is_ok(), "the client connection was left open");
+    client.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn origin_down_is_a_502_and_stale_if_error_serves_kept_copies() {
     let calls = counter();
     let origin = Origin::start(move |_| {
