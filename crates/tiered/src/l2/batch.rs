@@ -29,11 +29,14 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::Either;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
+// tokio's clock, as the calls' own timeouts use: a paused test clock moves
+// both.
+use tokio::time::Instant;
 
 use super::L2Error;
 

@@ -815,8 +815,12 @@ async fn write_entries(
             conn.clone(),
         );
         // Its own task, so the next group can go while this one is on the
-        // wire. Two groups in flight never hold records of one key: a writer
-        // holds its key's stripe until its record is in.
+        // wire. Redis may then store two groups in either order (a retried
+        // script load or a reconnect can let the second overtake), and they
+        // can hold records of one key (a writer cancelled while its append
+        // was on the wire has let go of its key's stripe; `revive` takes
+        // none; other instances share no stripes). Order does not matter:
+        // the flusher keeps the higher version, and so does the store.
         tokio::spawn(async move {
             let mut call = script.key(&key);
             call.key(&count_key);
@@ -828,11 +832,13 @@ async fn write_entries(
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("Redis: {e}"));
-            drop(slot);
             for (_, done) in group {
                 // A caller that stopped waiting has nobody to tell.
                 let _ = done.send(result.clone());
             }
+            // After the answers, so the writers they wake are ready to
+            // append by the time the next group is cut.
+            drop(slot);
         });
     }
 }
