@@ -134,8 +134,10 @@ pub struct Config {
     /// Upstream TCP connect timeout.
     pub connect_timeout: Duration,
     /// Time allowed for the origin's response headers (counted from the
-    /// last chunk of the request body sent: a client whose upload stalls
-    /// that long gets a 408), and between two chunks of the response body.
+    /// last chunk of the request body sent; an origin that stops reading
+    /// the body that long is a 504 too), and between two chunks of the
+    /// response body. A client whose upload stalls that long, counted from
+    /// when the gateway began waiting on it, gets a 408.
     pub read_timeout: Duration,
     /// Largest request body accepted (413 above it).
     pub max_request_body: u64,

@@ -188,11 +188,13 @@ impl tower::Service<Request<Body>> for Upstream {
     }
 }
 
-/// Sends `req` and waits for the response head under the read timeout,
-/// which runs from the last byte of the request body sent (a long upload is
-/// not the origin being slow) and restarts with every chunk of it. While the
-/// body is being sent it must also keep up the minimum upload rate. The
-/// outer error is a timeout; the inner one is the client's.
+/// Sends `req` and waits for the response head under the read timeout.
+/// While the gateway waits on the client for the request body, the timeout
+/// is the client's (and so is the minimum upload rate): a 408. Otherwise it
+/// is the origin's, and runs from the last chunk of the body sent (a long
+/// upload is not the origin being slow; an origin that stops reading it is):
+/// a 504. See [`Progress::deadline`]. The outer error is a timeout; the inner
+/// one is the client's.
 async fn exchange(
     inner: &Inner,
     mut req: Request<Body>,
@@ -212,14 +214,11 @@ async fn exchange(
     let response = inner.client.request(req);
     tokio::pin!(response);
     loop {
-        let (deadline, too_slow) = progress.deadline(inner.read_timeout, inner.min_upload_rate);
+        let (deadline, blame) = progress.deadline(inner.read_timeout, inner.min_upload_rate);
         let now = tokio::time::Instant::now();
         if deadline <= now {
-            if too_slow {
-                return Err(UpstreamError::ClientTooSlow(inner.min_upload_rate));
-            }
-            if !progress.is_done() {
-                return Err(UpstreamError::ClientTimeout(inner.read_timeout));
+            if let Some(error) = blame.client_error(inner.read_timeout, inner.min_upload_rate) {
+                return Err(error);
             }
             inner.stats.origin_failed(OriginError::Timeout);
             return Err(UpstreamError::Timeout(inner.read_timeout));
@@ -382,29 +381,61 @@ impl Progress {
         self.done.load(Ordering::Relaxed)
     }
 
-    /// When the exchange times out if nothing more happens, and whether
-    /// that is the upload falling under `min_rate` (bytes per second, 0 for
-    /// none). The rate counts only time spent waiting on the client (as
-    /// Kestrel's `MinRequestBodyDataRate` does): the bytes it sent must
-    /// cover `min_rate` × that time once the time exceeds [`UPLOAD_GRACE`].
-    /// Time the gateway spends connecting, or waiting for the origin to
-    /// read, is not the client's.
-    fn deadline(&self, idle: Duration, min_rate: u64) -> (tokio::time::Instant, bool) {
-        let idle = after(self.last(), idle);
+    /// When the exchange times out if nothing more happens, and whose fault
+    /// that would be.
+    ///
+    /// While the gateway waits on the client for a body chunk, the client
+    /// has the read timeout from when that wait began, and must keep up
+    /// `min_rate` (bytes per second, 0 for none): the rate counts only time
+    /// spent waiting on the client (as Kestrel's `MinRequestBodyDataRate`
+    /// does), and the bytes it sent must cover `min_rate` × that time once
+    /// the time exceeds [`UPLOAD_GRACE`]. Otherwise the gateway is waiting on
+    /// the origin — to read the body, or to answer once it has all of it —
+    /// and the origin has the read timeout from the last chunk sent. Time
+    /// the gateway spends connecting, or waiting for the origin to read, is
+    /// not the client's.
+    fn deadline(&self, idle: Duration, min_rate: u64) -> (tokio::time::Instant, Blame) {
         let since = self.waiting_since.load(Ordering::Relaxed);
-        if min_rate == 0 || self.is_done() || since == NOT_WAITING {
-            return (idle, false);
+        if since == NOT_WAITING || self.is_done() {
+            return (after(self.last(), idle), Blame::Origin);
+        }
+        let since = self.start + Duration::from_nanos(since);
+        let idle = after(since, idle);
+        if min_rate == 0 {
+            return (idle, Blame::ClientIdle);
         }
         let sent = self.sent.load(Ordering::Relaxed) as f64;
         let earned = Duration::try_from_secs_f64(sent / min_rate as f64).unwrap_or(Duration::MAX);
         let allowed = earned.max(UPLOAD_GRACE);
         let left =
             allowed.saturating_sub(Duration::from_nanos(self.waited.load(Ordering::Relaxed)));
-        let rate = after(self.start + Duration::from_nanos(since), left);
+        let rate = after(since, left);
         if rate < idle {
-            (rate, true)
+            (rate, Blame::ClientTooSlow)
         } else {
-            (idle, false)
+            (idle, Blame::ClientIdle)
+        }
+    }
+}
+
+/// Whose wait a [`Progress::deadline`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    /// The origin: not reading the body, or not answering after it.
+    Origin,
+    /// The client sent no body chunk for the read timeout.
+    ClientIdle,
+    /// The client's upload fell under the minimum rate.
+    ClientTooSlow,
+}
+
+impl Blame {
+    /// The client's error, if the client is to blame.
+    fn client_error(self, idle: Duration, min_rate: u64) -> Option<UpstreamError> {
+        match self {
+            Blame::Origin => None,
+            Blame::ClientIdle => Some(UpstreamError::ClientTimeout(idle)),
+            Blame::ClientTooSlow => Some(UpstreamError::ClientTooSlow(min_rate)),
         }
     }
 }
@@ -450,15 +481,13 @@ where
             // exchange fails the request; look again a little later.
             loop {
                 let now = tokio::time::Instant::now();
-                let (deadline, too_slow) = this.progress.deadline(*this.idle, *this.min_rate);
+                let (deadline, blame) = this.progress.deadline(*this.idle, *this.min_rate);
+                let cut = blame.client_error(*this.idle, *this.min_rate);
                 let wake = if deadline > now {
                     deadline
-                } else if this.progress.answered.load(Ordering::Relaxed) {
-                    let error = if too_slow {
-                        UpstreamError::ClientTooSlow(*this.min_rate)
-                    } else {
-                        UpstreamError::ClientTimeout(*this.idle)
-                    };
+                } else if let (Some(error), true) =
+                    (cut, this.progress.answered.load(Ordering::Relaxed))
+                {
                     tracing::debug!(%error, "request body cut after the response began");
                     return Poll::Ready(Some(Err(error.into())));
                 } else {
@@ -566,41 +595,54 @@ mod tests {
     async fn the_upload_deadline_is_the_earlier_of_idle_and_minimum_rate() {
         let p = Progress::new(false);
         let start = p.start;
-        // Not waiting on the client (say, connecting): only the idle timeout.
-        assert_eq!(p.deadline(IDLE, 1000), (start + IDLE, false));
+        // Not waiting on the client (say, connecting): the origin's read
+        // timeout.
+        assert_eq!(p.deadline(IDLE, 1000), (start + IDLE, Blame::Origin));
         // Waiting from the start with nothing sent: the grace is all it has.
         p.waiting();
-        assert_eq!(p.deadline(IDLE, 1000), (start + UPLOAD_GRACE, true));
+        assert_eq!(
+            p.deadline(IDLE, 1000),
+            (start + UPLOAD_GRACE, Blame::ClientTooSlow)
+        );
         // No minimum rate: only the idle timeout.
-        assert_eq!(p.deadline(IDLE, 0), (start + IDLE, false));
+        assert_eq!(p.deadline(IDLE, 0), (start + IDLE, Blame::ClientIdle));
         // 2 s of waiting, then 10,000 bytes: at 1,000 B/s they cover 10 s of
-        // waiting on the client, 8 s of it still left.
+        // waiting on the client. Until the next wait on it, the origin has
+        // the read timeout from that chunk.
         tokio::time::advance(Duration::from_secs(2)).await;
         p.touch(10_000, false);
         assert_eq!(
             p.deadline(IDLE, 1000),
-            (start + Duration::from_secs(2) + IDLE, false)
+            (start + Duration::from_secs(2) + IDLE, Blame::Origin)
         );
-        // Time the client is not waited on (the origin is slow to read) is
-        // not counted against it.
-        tokio::time::advance(Duration::from_secs(20)).await;
+        // The origin reads nothing for 40 s, past its read timeout...
+        tokio::time::advance(Duration::from_secs(40)).await;
+        let (deadline, blame) = p.deadline(IDLE, 1000);
+        assert!(deadline <= tokio::time::Instant::now());
+        assert_eq!(blame, Blame::Origin);
+        // ...then reads again: the client's time starts with the wait on
+        // it, so neither its idle time nor its rate counts those 40 s
+        // (8 s of its 10 s still left).
         p.waiting();
-        let at = start + Duration::from_secs(22);
-        assert_eq!(p.deadline(IDLE, 1000), (at + Duration::from_secs(8), true));
-        // Far ahead of the rate: the idle timeout, from the last chunk.
+        let at = start + Duration::from_secs(42);
+        assert_eq!(
+            p.deadline(IDLE, 1000),
+            (at + Duration::from_secs(8), Blame::ClientTooSlow)
+        );
+        // Far ahead of the rate: the idle timeout, from the wait's start.
         p.touch(1_000_000, false);
         p.waiting();
-        assert_eq!(p.deadline(IDLE, 1000), (at + IDLE, false));
-        // Once the body is sent, the rate no longer applies.
+        assert_eq!(p.deadline(IDLE, 1000), (at + IDLE, Blame::ClientIdle));
+        // Once the body is sent, the client is no longer waited on.
         let done = Progress::new(false);
         done.waiting();
         done.touch(1, true);
         done.waiting();
-        assert!(!done.deadline(IDLE, 1_000_000).1);
+        assert_eq!(done.deadline(IDLE, 1_000_000).1, Blame::Origin);
         // An absurd rate is no panic: the grace, less what was waited.
         assert_eq!(
             p.deadline(IDLE, u64::MAX),
-            (at + Duration::from_secs(3), true)
+            (at + Duration::from_secs(3), Blame::ClientTooSlow)
         );
     }
 }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the gateway answered on a raw connection: its first read (the
 /// status line and headers), waiting up to 10 s.
-async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+async fn read_head(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let mut buf = vec![0u8; 512];
     let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
         .await
@@ -451,6 +451,50 @@ async fn the_read_timeout_starts_after_the_upload() {
     .await
     .unwrap();
     assert_eq!(slow.status(), 504);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_origin_that_stops_reading_an_upload_is_a_504_not_the_clients_408() {
+    // An origin that reads the request head, then neither reads the body nor
+    // answers, holding the connection open.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(s);
+    });
+    let cfg = ConfigFile::new("[proxy]\nread_timeout = \"1s\"\nmax_request_body = \"1GiB\"\n");
+    let gw = Gateway::start(&format!("http://{origin_addr}"), &["--config", &cfg.path]).await;
+    // A client that uploads as fast as the path takes it: far more than the
+    // sockets on the way buffer, so the gateway ends up waiting on the
+    // origin to read, not on the client.
+    let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let client = tokio::spawn(async move {
+        let len = 512u64 << 20;
+        let head = format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'u'; 1 << 20];
+        for _ in 0..(len >> 20) {
+            wr.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let head = read_head(&mut rd).await;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    let stats = gw.stats().await;
+    assert_eq!(stats["origin"]["errors"].as_u64(), Some(1), "{stats}");
+    client.abort();
 }
 
 /// Sends a chunked upload of `chunk`-byte chunks, one every `every`, for

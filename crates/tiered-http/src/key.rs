@@ -135,10 +135,12 @@ fn escape(tenant: &str) -> String {
 fn normalize_host(authority: &str, scheme: &str) -> Option<String> {
     // Drop userinfo; it never belongs in a key.
     let authority = authority.rsplit('@').next().unwrap_or(authority);
+    // A '/', '?' or '#' cannot be part of a host (RFC 3986 §3.2.2) and would
+    // read as the start of the path, query or fragment in the key.
     if authority.is_empty()
         || authority
             .bytes()
-            .any(|b| b.is_ascii_control() || b == b' ' || b == b'/')
+            .any(|b| b.is_ascii_control() || matches!(b, b' ' | b'/' | b'?' | b'#'))
     {
         return None;
     }
@@ -390,6 +392,9 @@ mod tests {
             "dot segments kept"
         );
         assert!(key("/p", None).is_none(), "no host, no key");
+        for bad in ["a?b", "a#b", "a/b", "a b"] {
+            assert!(key("/p", Some(bad)).is_none(), "{bad}: not a host");
+        }
         assert_eq!(key("/%zz%4", Some("h")).unwrap(), "r||http://h/%zz%4");
     }
 

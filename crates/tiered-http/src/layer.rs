@@ -519,7 +519,11 @@ impl Shared {
         let path_start = primary[path_start..]
             .find('/')
             .map_or(primary.len(), |i| path_start + i);
-        let path_end = primary.find('?').unwrap_or(primary.len());
+        // The query's '?' is the first one after the path starts: a tenant
+        // (or a hostile Host) before it may hold a '?' of its own.
+        let path_end = primary[path_start..]
+            .find('?')
+            .map_or(primary.len(), |i| path_start + i);
         for (i, _) in primary[path_start..path_end]
             .match_indices('/')
             .take(MAX_PREFIX_DEPTH)

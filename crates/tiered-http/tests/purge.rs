@@ -105,6 +105,32 @@ async fn purge_by_url_removes_every_variant_and_prefix_purges_a_subtree() {
 }
 
 #[tokio::test]
+async fn a_question_mark_before_the_path_does_not_break_the_soft_purge_check() {
+    // A '?' in the tenant (or in a Host header hyper let through) comes
+    // before the path in the cache key; the soft-purge check, which walks
+    // the path's prefixes, must still find the path.
+    let h = harness(tagged_origin(), |b| b.tenant_header("x-tenant"));
+    let tenant = [("x-tenant", "acme?")];
+    h.send("GET", "/docs/a", &tenant).await;
+    assert_eq!(h.send("GET", "/docs/a", &tenant).await.x_cache(), "HIT");
+    h.advance(1);
+    h.layer
+        .purge_tag("unrelated", PurgeMode::Soft)
+        .await
+        .unwrap();
+    assert_eq!(h.send("GET", "/docs/a", &tenant).await.x_cache(), "HIT");
+    // A soft purge of the path's prefix, for that tenant, is found.
+    h.advance(1);
+    h.layer
+        .purge_prefix_for_tenant("acme?", "http://example.com/docs/", PurgeMode::Soft)
+        .await
+        .unwrap();
+    let before = h.origin.count();
+    h.send("GET", "/docs/a", &tenant).await;
+    assert_eq!(h.origin.count(), before + 1);
+}
+
+#[tokio::test]
 async fn a_soft_purge_revalidates_instead_of_dropping() {
     let origin = Origin::new(|seen, n| {
         if seen.headers.contains_key("if-none-match") {
