@@ -557,10 +557,16 @@ impl Config {
             .l1_bytes
             .or(file.l1_bytes.map(|s| s.0))
             .unwrap_or(256 << 20);
-        if l1_bytes < 1 << 20 {
-            return Err(err(format!("l1_bytes {l1_bytes}: at least 1MiB")));
+        if !(1 << 20..=tiered::MAX_L1_BYTES).contains(&l1_bytes) {
+            return Err(err(format!(
+                "l1_bytes {l1_bytes}: at least 1MiB and at most {}",
+                tiered::MAX_L1_BYTES
+            )));
         }
         let max_cached_body = file.cache.max_body.map_or(8 << 20, |s| s.0);
+        if max_cached_body == 0 {
+            return Err(err(format!("{}cache.max_body is 0", where_file())));
+        }
         if max_cached_body > l1_bytes / 4 {
             return Err(err(format!(
                 "{}cache.max_body ({max_cached_body}) must be at most a quarter of l1_bytes ({l1_bytes})",
@@ -658,6 +664,17 @@ mod tests {
         assert_eq!(parse_size("1000"), Ok(1000));
         assert!(parse_size("1TiB").is_err());
         assert!(parse_size("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn sizes_the_caches_would_refuse_are_refused_here() {
+        // Caught by `tiered check` and before a port is bound, not by the
+        // cache builders later.
+        let route = "[[route]]\nprefix = \"/\"\norigin = \"http://127.0.0.1:1\"\n";
+        let huge = load_text(&format!("l1_bytes = \"8000000000000000000\"\n{route}"));
+        assert!(huge.is_err_and(|e| e.to_string().contains("l1_bytes")));
+        let zero = load_text(&format!("{route}[cache]\nmax_body = \"0\"\n"));
+        assert!(zero.is_err_and(|e| e.to_string().contains("max_body is 0")));
     }
 
     #[test]
