@@ -178,7 +178,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err(
-                    "usage: hit-ratio [--only TRACES] [--caches CACHES] [--trace FILE --format F --sizes N,N]".into(),
+                    "usage: hit-ratio [--only TRACES] [--caches CACHES] [--chart PNG | --no-chart] [--trace FILE --format arc|lirs|cache2k|u64be --sizes N,N]".into(),
                 )
             }
             other => return Err(format!("unknown flag {other}")),

@@ -2,8 +2,9 @@
 //! quick_cache, in one run.
 //!
 //! * **read**: `get` under a Zipf(s = 1.0) distribution over 1,000,000 keys; each
-//!   cache holds 10% of them (prefilled with the 100,000 most popular, coldest
-//!   first, which take ~84% of requests; the rest miss and are not inserted).
+//!   cache holds 10% of them (prefilled, twice, with the 100,000 most popular
+//!   in a fixed shuffled order; they take ~84% of requests; the rest miss and
+//!   are not inserted).
 //! * **mixed**: the same draws, 90% `get` and 10% `insert`.
 //!
 //! Key draws are generated before timing (per thread, from a precomputed CDF),
