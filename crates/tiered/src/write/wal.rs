@@ -50,10 +50,13 @@
 //! Opening the log reads every segment. Its records end where a frame's
 //! length would be zero (no real frame is empty: it holds its sequence
 //! number). A frame that is cut short or fails its CRC at the end of the
-//! last segment is a write the crash interrupted — never acknowledged — and
-//! is cut off, with the zeros after it. One anywhere else, or anything but
-//! zeros after a segment's records, is corruption: it is logged and
-//! counted, and the rest of that segment is skipped. Records after
+//! last segment, with no intact frame after it, is a write the crash
+//! interrupted — never acknowledged — and is cut off, with the zeros after
+//! it. A damaged frame with intact frames after it, in any segment, is
+//! corruption: it is logged and counted, and the frames after it are
+//! recovered (the next intact one is found by its sequence number and CRC).
+//! Anything but zeros after a segment's last intact frame, in an older
+//! segment, is counted as corruption too. Records after
 //! the checkpoint go back to the flusher; replaying one the store had already
 //! applied is harmless (the store's version guard, see [`crate::write::store`]).
 //!
@@ -165,6 +168,10 @@ impl WalOptions {
 }
 
 const FRAME_HEAD: usize = 8;
+/// The highest sequence number a log may hold: at a million records a
+/// second, a log reaches it in 146,000 years, so one above it on disk is
+/// corruption, refused at open rather than left to overflow the counter.
+const MAX_SEQ: u64 = 1 << 62;
 
 /// How far ahead of its records the writer zero-fills a segment (see
 /// [Preallocation](self#preallocation)); at most `segment_bytes`.
@@ -234,12 +241,17 @@ impl Wal {
         let (mut unread, mut max_seq, mut max_version, mut corrupt) =
             (VecDeque::new(), checkpoint, checkpoint_version, 0u64);
         let last = segments.len().checked_sub(1);
-        for (i, (_, path)) in segments.iter().enumerate() {
+        for (i, (first_seq, path)) in segments.iter().enumerate() {
             let bytes = fs::read(path).map_err(|e| io_error(path, e))?;
-            let (frames, good_len, unreadable) = parse_frames(&bytes);
-            if unreadable > 0 {
-                corrupt += unreadable;
-                tracing::error!(segment = %path.display(), unreadable, "write-ahead log: intact frames of an unknown format skipped");
+            let parsed = parse_segment(&bytes, *first_seq);
+            let (frames, good_len) = (parsed.frames, parsed.end);
+            if parsed.unreadable > 0 {
+                corrupt += parsed.unreadable;
+                tracing::error!(segment = %path.display(), unreadable = parsed.unreadable, "write-ahead log: intact frames of an unknown format skipped");
+            }
+            if parsed.damaged > 0 {
+                corrupt += parsed.damaged;
+                tracing::error!(segment = %path.display(), damaged = parsed.damaged, "write-ahead log: damaged frames skipped; the intact frames after them are recovered");
             }
             for (seq, record) in frames {
                 max_seq = max_seq.max(seq);
@@ -266,7 +278,7 @@ impl Wal {
                     file.sync_all().map_err(|e| io_error(path, e))?;
                 } else if !zero_tail {
                     corrupt += 1;
-                    tracing::error!(segment = %path.display(), offset = good_len, "write-ahead log: corrupt frame; the rest of this segment is skipped");
+                    tracing::error!(segment = %path.display(), offset = good_len, "write-ahead log: corrupt data after a segment's last intact frame, skipped");
                 }
             }
         }
@@ -274,7 +286,14 @@ impl Wal {
         // Dead letters are named by sequence number, and a power cut can
         // take the log's unsynced tail (`Fsync::Periodic`) with numbers a dead
         // letter already uses: new numbers start above both.
-        let next_seq = max_seq.max(highest_dead_letter(&dir)) + 1;
+        let highest = max_seq.max(highest_dead_letter(&dir));
+        if highest >= MAX_SEQ {
+            return Err(WriteError::Queue(format!(
+                "the write-ahead log in {} holds sequence number {highest}, beyond any real log's ({MAX_SEQ} at most): a corrupt checkpoint, frame or dead-letter name",
+                dir.display()
+            )));
+        }
+        let next_seq = highest + 1;
         // Always start a fresh segment: the last one may end in a skipped
         // corrupt frame, and appending after it would hide new records.
         let path = segment_path(&dir, next_seq);
@@ -878,6 +897,72 @@ fn parse_frames(bytes: &[u8]) -> (Vec<(u64, Record)>, usize, u64) {
     (frames, at, unreadable)
 }
 
+/// What recovery reads from one segment.
+struct Segment {
+    /// Every intact frame, in file order.
+    frames: Vec<(u64, Record)>,
+    /// Just past the last intact frame: what follows is zeros, or a write a
+    /// crash interrupted, or corruption — never an intact frame.
+    end: usize,
+    /// Intact frames that could not be decoded (see [`parse_frames`]).
+    unreadable: u64,
+    /// Damaged stretches with intact frames after them, skipped.
+    damaged: u64,
+}
+
+/// Every intact frame of a segment whose first sequence number is
+/// `first_seq`. Where a frame is damaged (a bad length or CRC) with data
+/// after it, the frames after it are looked for rather than given up: a
+/// damaged byte in the middle of the last segment must not cost the
+/// acknowledged records behind it, as taking it for a torn tail and cutting
+/// there would. The next intact frame is the first offset whose sequence
+/// number is in range (above every one read so far, and no further ahead
+/// than the segment has room for frames) and whose CRC checks.
+fn parse_segment(bytes: &[u8], first_seq: u64) -> Segment {
+    let mut out = Segment {
+        frames: Vec::new(),
+        end: 0,
+        unreadable: 0,
+        damaged: 0,
+    };
+    let mut at = 0;
+    loop {
+        let (frames, len, unreadable) = parse_frames(&bytes[at..]);
+        out.frames.extend(frames);
+        out.unreadable += unreadable;
+        at += len;
+        out.end = at;
+        if bytes[at..].iter().all(|&b| b == 0) {
+            return out;
+        }
+        let above = out.frames.iter().map(|f| f.0).max();
+        let lower = above.map_or(first_seq, |s| s.saturating_add(1)).max(1);
+        match next_intact_frame(bytes, at + 1, lower) {
+            Some(next) => {
+                out.damaged += 1;
+                at = next;
+            }
+            None => return out,
+        }
+    }
+}
+
+/// The offset, at or after `from`, of the first intact frame whose sequence
+/// number is at least `lower` and within the frames `bytes` could hold.
+fn next_intact_frame(bytes: &[u8], from: usize, lower: u64) -> Option<usize> {
+    let smallest = FRAME_HEAD + 8;
+    let upper = lower.saturating_add((bytes.len() / smallest) as u64);
+    let last = bytes.len().checked_sub(smallest)?;
+    (from..=last).find(|&j| {
+        let seq = bytes
+            .get(j + FRAME_HEAD..j + smallest)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes);
+        seq.is_some_and(|seq| (lower..=upper).contains(&seq))
+            && next_frame(&bytes[j..]).is_some_and(|(payload, _)| payload.len() >= 8)
+    })
+}
+
 fn parse_dead(bytes: &[u8]) -> Option<(String, Record)> {
     let (payload, len) = next_frame(bytes)?;
     if len != bytes.len() {
@@ -1227,6 +1312,79 @@ mod tests {
         assert_eq!((recovered.corrupt, recovered.pending), (1, 10));
         let bytes = fs::read(last).unwrap();
         assert_eq!(parse_frames(&bytes).1, bytes.len());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_frame_mid_segment_costs_only_itself() {
+        for last in [true, false] {
+            let dir = temp_dir(if last {
+                "damaged-last"
+            } else {
+                "damaged-older"
+            });
+            let opts = WalOptions::new(&dir);
+            {
+                let wal = Wal::open(&opts).unwrap().wal;
+                for v in 1..=10 {
+                    wal.append(record(&format!("k{v}"), v)).await.unwrap();
+                }
+            }
+            if !last {
+                // A later open starts a new segment: the damaged one is older.
+                drop(Wal::open(&opts).unwrap());
+            }
+            let (_, path) = list_segments(&dir).unwrap().remove(0);
+            let bytes = fs::read(&path).unwrap();
+            let (frames, _, _) = parse_frames(&bytes);
+            assert_eq!(frames.len(), 10);
+            // One byte flipped inside the third frame, then its length
+            // zeroed in the fifth: two damaged frames, eight intact ones.
+            let offsets: Vec<usize> = {
+                let mut at = 0;
+                (0..10)
+                    .map(|_| {
+                        let here = at;
+                        at += next_frame(&bytes[at..]).unwrap().1;
+                        here
+                    })
+                    .collect()
+            };
+            let file = OpenOptions::new().write(true).open(&path).unwrap();
+            file.write_all_at(&[bytes[offsets[2] + 20] ^ 0xFF], (offsets[2] + 20) as u64)
+                .unwrap();
+            file.write_all_at(&[0; 4], offsets[4] as u64).unwrap();
+            for _ in 0..2 {
+                let recovered = Wal::open(&opts).unwrap();
+                assert_eq!(recovered.corrupt, 2, "last segment: {last}");
+                let keys: Vec<String> = recovered
+                    .wal
+                    .take(20)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|q| q.record.key)
+                    .collect();
+                let expected: Vec<String> = [1, 2, 4, 6, 7, 8, 9, 10]
+                    .iter()
+                    .map(|v| format!("k{v}"))
+                    .collect();
+                assert_eq!(keys, expected, "last segment: {last}");
+            }
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn an_absurd_sequence_number_on_disk_is_refused_not_overflowed() {
+        let dir = temp_dir("absurd-seq");
+        let opts = WalOptions::new(&dir);
+        drop(Wal::open(&opts).unwrap());
+        fs::write(dir.join("dead").join(format!("{}.dead", u64::MAX)), b"x").unwrap();
+        let Err(e) = Wal::open(&opts) else {
+            panic!("opened a log whose next sequence number overflows");
+        };
+        assert!(e.to_string().contains("corrupt"), "{e}");
         let _ = fs::remove_dir_all(&dir);
     }
 
