@@ -238,13 +238,15 @@ impl Link {
     /// Of `keys` (just removed or written), those some entry depends on.
     pub(crate) async fn depended_on(&self, keys: &[String]) -> Vec<String> {
         match self.transport.depended(&self.depended, keys).await {
-            Ok(found) => keys
+            // One answer per key; any other count (a nil or short reply)
+            // is as unknown as an error.
+            Ok(found) if found.len() == keys.len() => keys
                 .iter()
                 .zip(found)
                 .filter(|(_, d)| *d)
                 .map(|(k, _)| k.clone())
                 .collect(),
-            Err(_) => {
+            _ => {
                 // Unknown: assume they are (a harmless extra invalidation).
                 self.counters.errors.incr();
                 keys.to_vec()
