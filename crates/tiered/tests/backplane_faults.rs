@@ -270,3 +270,26 @@ async fn an_invalidation_issued_while_redis_is_paused_reaches_everyone_after_res
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_time_decades_ahead_does_not_outdate_l2_for_good() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let a = on(&redis, &clock).build().unwrap();
+    // A broken peer, or a corrupted record, says the cache was cleared at
+    // the end of time.
+    redis.cli(&["HSET", "tiered:faults#tags", "clear", &u64::MAX.to_string()]);
+    let b = on(&redis, &clock).build().unwrap();
+    until("b ready", secs(10), || async {
+        b.stats().backplane.unwrap().ready
+    })
+    .await;
+    // Taken at most a minute ahead: it outdates what exists, then no more.
+    clock.advance(Duration::from_secs(120));
+    a.set("later", s("written after")).await.unwrap();
+    assert_eq!(
+        val(b.get("later").await),
+        Some(s("written after")),
+        "b refuses every L2 entry"
+    );
+}

@@ -583,11 +583,26 @@ fn recover<V: Value>(link: &Link, inner: &Weak<Inner<V>>, state: &StreamState) {
     }
 }
 
+/// How far ahead of this instance's clock a time from another instance (or
+/// from the records in Redis) may be. Clocks of healthy hosts agree to well
+/// within it.
+const MAX_PEER_AHEAD: Duration = Duration::from_secs(60);
+
+/// A time from another instance or from Redis, taken no further ahead than
+/// [`MAX_PEER_AHEAD`]. A clear or tag time decades ahead (a broken peer, a
+/// corrupted record) would otherwise outdate every entry, or every entry of a
+/// tag, for as long as the process lives — and, kept in the records, on every
+/// instance that starts. Taken at the bound instead, it still invalidates
+/// everything that exists now.
+fn peer_time(at: u64, now: Timestamp) -> Timestamp {
+    Timestamp::from_nanos(at).min(now.saturating_add(MAX_PEER_AHEAD))
+}
+
 /// Applies the tag and clear times recorded in Redis.
 fn apply_records<V: Value>(inner: &Inner<V>, records: Vec<(String, u64)>) {
     let now = inner.clock.now();
     for (field, at) in records {
-        let at = Timestamp::from_nanos(at);
+        let at = peer_time(at, now);
         if field == CLEAR_FIELD {
             inner.clear_local(at);
         } else {
@@ -600,7 +615,7 @@ fn apply_records<V: Value>(inner: &Inner<V>, records: Vec<(String, u64)>) {
 
 /// Applies one message from another instance to this instance's L1.
 fn apply<V: Value>(inner: &Inner<V>, message: Message) {
-    let at = Timestamp::from_nanos(message.at);
+    let at = peer_time(message.at, inner.clock.now());
     match message.change {
         Change::Removed(keys) => {
             for key in keys {
