@@ -629,6 +629,64 @@ async fn a_restart_replays_what_was_acknowledged() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A record written under a clock centuries ahead (a broken host clock, or a
+/// damaged record) must not set the version every later write continues
+/// from: past 2^63 the store refuses them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_version_far_ahead_of_the_clock_does_not_poison_later_writes() {
+    let (mut pg, store) = database().await;
+    let dir = wal_dir("far-ahead");
+    pg.stop();
+    {
+        let year_2300 = tiered::Timestamp::from_nanos(10_500_000_000 * 1_000_000_000);
+        let broken = Cache::builder("items")
+            .clock(tiered::ManualClock::starting_at(year_2300))
+            .build()
+            .unwrap();
+        let writer = Writer::builder(broken, store.clone())
+            .wal(&dir)
+            .start()
+            .await
+            .unwrap();
+        writer
+            .set_behind("from-the-future", "x".into())
+            .await
+            .unwrap();
+        assert_eq!(writer.shutdown(Duration::from_millis(200)).await.left, 1);
+    }
+    pg.start_again();
+    let writer = Writer::builder(cache(), store.clone())
+        .wal(&dir)
+        .max_attempts(2)
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(writer.stats().recovered, 1);
+    for i in 0..5 {
+        writer
+            .set_behind(&format!("k{i}"), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    writer.set_through("t", "through".into()).await.unwrap();
+    assert!(writer.flush(WAIT).await);
+    for i in 0..5 {
+        assert_eq!(
+            value(&store, &format!("k{i}")).await,
+            Some(format!("v{i}")),
+            "a later write landed"
+        );
+    }
+    assert_eq!(value(&store, "t").await.as_deref(), Some("through"));
+    // The record that carried the bad version is the only one refused.
+    let dead = writer.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key, "from-the-future");
+    assert!(dead[0].reason.contains("BIGINT"), "{}", dead[0].reason);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependants_and_named_tags_are_invalidated_when_the_write_lands() {
     let (_pg, store) = database().await;

@@ -87,7 +87,11 @@
 //!   versions below what the store holds, and the store keeps its value).
 //!   Write-through versions never reach the queue: after a restart with the
 //!   clock stepped back past them, a write to a key last written through can
-//!   be refused by the store's version guard the same way.
+//!   be refused by the store's version guard the same way. A recovered
+//!   version more than a minute ahead of the clock (a broken clock, a damaged
+//!   record) is not continued from — it would make every later write's
+//!   version absurd, past 2^63 refused by a SQL store — so only the key that
+//!   carried it is affected.
 //! * The write-ahead log keeps records not yet flushed in memory as well as
 //!   on disk; [`WriterBuilder::max_queued_bytes`] bounds that memory (an
 //!   estimate per record: its bytes plus a fixed allowance).

@@ -30,6 +30,10 @@ use crate::Value;
 /// ~40 bytes a stripe, ~160 KiB a writer.
 const STRIPES: usize = 4096;
 
+/// How far ahead of this clock the highest version recovered from a queue may
+/// be and still be continued from (see [`version_floor`]).
+const MAX_RECOVERED_AHEAD: Duration = Duration::from_secs(60);
+
 /// The largest encoded value a write-behind record may carry.
 pub const MAX_QUEUED_VALUE_BYTES: usize = 64 << 20;
 
@@ -172,6 +176,7 @@ impl<V: Value> WriterBuilder<V> {
                 (Some(Arc::new(stream)), floor)
             }
         };
+        let floor = version_floor(floor, self.cache.inner.clock.now());
         let control = Arc::new(Control::default());
         let flusher = match &queue {
             Some(queue) => {
@@ -579,6 +584,32 @@ impl<V: Value> Writer<V> {
     }
 }
 
+/// The version new writes continue from, given the highest one `recovered`
+/// from the queue.
+///
+/// Versions are the clock in nanoseconds, so one recovered from a healthy
+/// instance is at most clock skew ahead, and new writes continue past it to
+/// stay newer than what is queued. One far ahead can only come from a broken
+/// clock or a damaged record, and continuing from it would poison every later
+/// write: past 2^63 a SQL store refuses the version (every write-behind
+/// record dead-lettered, every write-through failing), at `u64::MAX` L2
+/// refuses every write after the first, and short of that this instance's
+/// writes would win over other instances' newer ones for as long as the gap
+/// lasts. Such a version is ignored: new writes go by the clock. The record
+/// that carried it still flushes as it is; only its own key is affected.
+fn version_floor(recovered: u64, now: crate::Timestamp) -> u64 {
+    let bound = now.saturating_add(MAX_RECOVERED_AHEAD).as_nanos();
+    if recovered <= bound {
+        return recovered;
+    }
+    tracing::warn!(
+        recovered,
+        now = now.as_nanos(),
+        "write-behind: a queued record's version is far ahead of this clock; new writes go by the clock"
+    );
+    0
+}
+
 impl<V: Value> Shared<V> {
     fn stripe(&self, key: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::BuildHasher as _;
@@ -691,5 +722,22 @@ impl WriteOptions {
             validate_tag(tag)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Timestamp;
+
+    #[test]
+    fn a_recovered_version_within_clock_skew_is_continued_from_and_one_far_ahead_is_not() {
+        let now = Timestamp::from_nanos(1_704_067_200 * 1_000_000_000);
+        let skewed = now.saturating_add(Duration::from_secs(5)).as_nanos();
+        assert_eq!(version_floor(skewed, now), skewed);
+        assert_eq!(version_floor(now.as_nanos() - 1, now), now.as_nanos() - 1);
+        let year_2300 = 10_500_000_000 * 1_000_000_000;
+        assert_eq!(version_floor(year_2300, now), 0);
+        assert_eq!(version_floor(u64::MAX, now), 0);
     }
 }
