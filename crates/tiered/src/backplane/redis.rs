@@ -172,8 +172,10 @@ impl Backplane for RedisL2 {
                 };
                 let entry_id = id(entry_id).ok_or_else(|| protocol("XREAD"))?;
                 // Our entries have one field, `m`. Anything else (another
-                // program writing to the stream) is passed on as empty bytes,
-                // which the subscriber skips — but its id still counts.
+                // program writing to the stream, a damaged entry) is passed
+                // on as empty bytes, which do not decode: the subscriber
+                // takes it as an invalidation it cannot read and empties L1
+                // (coherence first). Its id still counts as read.
                 let body = match &kv[..] {
                     [_, RValue::BulkString(b)] => b.clone(),
                     _ => Vec::new(),
