@@ -139,18 +139,8 @@ impl WindowSizer {
         if self.epochs < 2 {
             return None; // warm-up
         }
-        // The best score wins; a tie goes to the smaller window (listed first).
-        let mut best = 0;
-        for i in 1..self.sims.len() {
-            if self.sims[i].score > self.sims[best].score {
-                best = i;
-            }
-        }
-        // Switching moves real entries between window and main and costs hits:
-        // only switch for a clear gain (more than 1% more hits).
-        if self.sims[best].score > self.sims[self.current].score * (1.0 + SWITCH_GAIN) {
-            self.current = best;
-        }
+        let scores: Vec<f64> = self.sims.iter().map(|s| s.score).collect();
+        self.current = choose(&scores, self.current);
         Some(SHARES[self.current])
     }
 
@@ -169,5 +159,87 @@ impl WindowSizer {
                 score: 0.0,
             })
             .collect();
+    }
+}
+
+/// The share to use next, given each simulation's score and the share in
+/// use. The best score wins; a tie goes to the smaller window (listed first).
+/// Switching moves real entries between window and main and costs hits, so
+/// the share only changes for a clear gain (more than [`SWITCH_GAIN`]).
+fn choose(scores: &[f64], current: usize) -> usize {
+    let mut best = 0;
+    for i in 1..scores.len() {
+        if scores[i] > scores[best] {
+            best = i;
+        }
+    }
+    if scores[best] > scores[current] * (1.0 + SWITCH_GAIN) {
+        best
+    } else {
+        current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_share_changes_only_for_a_clear_gain_and_ties_go_to_the_smaller_window() {
+        // Within the hysteresis: the share in use stays.
+        assert_eq!(choose(&[100.0, 100.5, 90.0], 0), 0);
+        assert_eq!(choose(&[100.0, 100.0, 100.9], 1), 1);
+        // A clear gain moves it, to the best.
+        assert_eq!(choose(&[100.0, 102.0, 103.0], 0), 2);
+        // Equal best scores: the smaller window.
+        assert_eq!(choose(&[90.0, 120.0, 120.0, 80.0], 3), 1);
+    }
+
+    #[test]
+    fn a_small_cache_simulates_at_once_and_its_first_epoch_decides_nothing() {
+        let mut sizer = WindowSizer::new(100);
+        assert_eq!(sizer.access(1, 1, 0, 0), None);
+        assert_eq!(
+            sizer.sims.len(),
+            SHARES.len(),
+            "started on the first request"
+        );
+        assert_eq!(sizer.rate, 1, "a cache this small is simulated whole");
+        // Every request is sampled: the first epoch ends after MIN_EPOCH of
+        // them and is warm-up; the second decides.
+        let mut decided = Vec::new();
+        for i in 2..=2 * MIN_EPOCH {
+            if let Some(share) = sizer.access(i % 300, 1, 100, 100) {
+                decided.push((i, share));
+            }
+        }
+        assert_eq!(decided.len(), 1, "{decided:?}");
+        assert_eq!(decided[0].0, 2 * MIN_EPOCH);
+        assert!(SHARES.contains(&decided[0].1));
+    }
+
+    #[test]
+    fn a_large_cache_starts_simulating_when_nine_tenths_full_and_samples() {
+        let mut sizer = WindowSizer::new(100_000);
+        for i in 0..1_000 {
+            assert_eq!(sizer.access(i, 1, 50_000, 50_000), None);
+        }
+        assert!(sizer.sims.is_empty(), "not before the cache is nearly full");
+        sizer.access(1, 1, 90_000, 90_000);
+        assert_eq!(sizer.sims.len(), SHARES.len());
+        assert_eq!(sizer.rate, 90_000 / SIM_ENTRIES);
+        // About 1 in `rate` of the keys is simulated.
+        let before = sizer.seen;
+        let n = 360_000u64;
+        for i in 0..n {
+            let hash = i.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            sizer.access(hash, 1, 90_000, 90_000);
+        }
+        let sampled = sizer.seen - before + sizer.epochs * sizer.epoch;
+        let expected = n / sizer.rate;
+        assert!(
+            sampled > expected / 2 && sampled < expected * 2,
+            "{sampled} sampled, about {expected} expected"
+        );
     }
 }
