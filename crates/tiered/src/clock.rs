@@ -16,6 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// How far ahead of this instance's clock a time or version written by another
+/// instance (through Redis or the backplane) may be. Clocks of healthy hosts
+/// agree to well within it; anything further ahead comes from a broken clock
+/// or damaged data, and trusting it would let one record outdate, outlive or
+/// out-version everything else.
+pub(crate) const MAX_PEER_AHEAD: Duration = Duration::from_secs(60);
+
 /// A point in time: nanoseconds since the Unix epoch.
 ///
 /// Wall-clock based (not `std::time::Instant`) because entries will travel between

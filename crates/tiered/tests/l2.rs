@@ -338,6 +338,82 @@ async fn bad_data_in_redis_is_a_miss_deleted_and_counted() {
     assert_eq!(redis.cli(&["EXISTS", "tiered:users:junk"]).trim(), "0");
 }
 
+/// Versions and creation times are clock readings: an entry from far ahead
+/// (a broken clock, damaged bytes) is bad data. Trusted, a version near
+/// `u64::MAX` would make every later write of the key lose the version
+/// check, and a creation time ahead would escape every invalidation.
+#[tokio::test]
+async fn an_entry_from_far_ahead_of_the_clock_is_bad_data_not_a_value_for_good() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    let a = on(&redis, &clock).build().unwrap();
+    a.set("versioned", s("v1")).await.unwrap();
+    a.set("created", s("c1")).await.unwrap();
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut raw = |key: &str, edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut bytes: Vec<u8> = redis::cmd("GET")
+            .arg(format!("tiered:users:{key}"))
+            .query(&mut conn)
+            .unwrap();
+        edit(&mut bytes);
+        redis::cmd("SET")
+            .arg(format!("tiered:users:{key}"))
+            .arg(bytes)
+            .query::<()>(&mut conn)
+            .unwrap();
+    };
+    // The version (bytes 1..9) at u64::MAX.
+    raw("versioned", &|b| b[1..9].fill(0xFF));
+    // Created, fresh until and stale until (bytes 10..18, 26..34, 34..42) a
+    // day ahead: consistent with each other, so only the clock can tell.
+    let ahead = (1_704_067_200u64 + 86_400) * 1_000_000_000;
+    raw("created", &|b| {
+        for at in [10, 26, 34] {
+            b[at..at + 8].copy_from_slice(&ahead.to_be_bytes());
+        }
+    });
+    let b = on(&redis, &clock).build().unwrap();
+    for (i, key) in ["versioned", "created"].iter().enumerate() {
+        let loader = Loader::returning(format!("reloaded {key}"));
+        assert_eq!(
+            val(b.get_or_load(key, loader.load()).await),
+            Some(format!("reloaded {key}"))
+        );
+        assert_eq!(loader.calls(), 1, "{key}: a miss, so the loader ran");
+        assert_eq!(b.stats().l2.unwrap().bad_data, i as u64 + 1);
+    }
+    // Replaced in L2, and later writes win again.
+    a.set("versioned", s("v2")).await.unwrap();
+    let c = on(&redis, &clock).build().unwrap();
+    assert_eq!(val(c.get("versioned").await), Some(s("v2")));
+    assert_eq!(val(c.get("created").await), Some(s("reloaded created")));
+}
+
+/// Another program's hash at one of the cache's keys: reads miss, and a
+/// write replaces it instead of failing for ever in a script and being kept
+/// for replay.
+#[tokio::test]
+async fn a_key_of_another_type_is_replaced_by_a_write_not_kept_for_replay() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new();
+    redis.cli(&["HSET", "tiered:users:k", "f", "v"]);
+    let a = on(&redis, &clock).build().unwrap();
+    assert_eq!(val(a.get("k").await), None);
+    a.set("k", s("mine")).await.unwrap();
+    let stats = a.stats().l2.unwrap();
+    assert_eq!((stats.pending, stats.errors), (0, 0), "{stats:?}");
+    assert_eq!(redis.cli(&["TYPE", "tiered:users:k"]).trim(), "string");
+    let b = on(&redis, &clock).build().unwrap();
+    assert_eq!(val(b.get("k").await), Some(s("mine")));
+    // A conditional write on such a key takes it for absent.
+    redis.cli(&["HSET", "tiered:users:n", "f", "v"]);
+    assert!(b.compare_and_set("n", None, s("first")).await.unwrap());
+    assert_eq!(val(a.get("n").await), Some(s("first")));
+}
+
 #[tokio::test]
 async fn tenants_never_see_each_others_entries() {
     let redis = RedisServer::start();

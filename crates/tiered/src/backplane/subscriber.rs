@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::{Backplane, Change, Message, StreamId, StreamState, BLOCK, FORMAT, RETRY};
 use crate::cache::Inner;
-use crate::clock::Timestamp;
+use crate::clock::{Timestamp, MAX_PEER_AHEAD};
 use crate::invalidate::TagId;
 use crate::l2::L2Error;
 use crate::stats::Counter;
@@ -582,11 +582,6 @@ fn recover<V: Value>(link: &Link, inner: &Weak<Inner<V>>, state: &StreamState) {
         cache.reset_l1();
     }
 }
-
-/// How far ahead of this instance's clock a time from another instance (or
-/// from the records in Redis) may be. Clocks of healthy hosts agree to well
-/// within it.
-const MAX_PEER_AHEAD: Duration = Duration::from_secs(60);
 
 /// A time from another instance or from Redis, taken no further ahead than
 /// [`MAX_PEER_AHEAD`]. A clear or tag time decades ahead (a broken peer, a

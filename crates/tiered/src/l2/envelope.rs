@@ -10,7 +10,8 @@
 //!  9       1    flags: bit 0 absent ("no such thing" cached), bits 1-2 codec
 //!               (0 postcard, 1 JSON, 2 MessagePack), bits 3-4 compression
 //!               (0 none, 1 LZ4 block with a 4-byte little-endian size prefix,
-//!               2 zstd), bit 5 encrypted; other bits must be 0
+//!               2 zstd), bit 5 encrypted (set on every entry of a cache
+//!               that encrypts, absent ones included); other bits must be 0
 //! 10       8    created at
 //! 18       8    refresh at (eager refresh point; u64::MAX = none)
 //! 26       8    fresh until (logical expiry)
@@ -21,7 +22,8 @@
 //!  …            if encrypted: 1-byte key id + 12-byte nonce
 //!  …            payload to the end: codec bytes, compressed, then encrypted
 //!               (AES-256-GCM over the payload, authenticating the Redis key
-//!               and every header byte before it)
+//!               and every header byte before it); empty for an absent entry
+//!               (encrypted: the 16-byte tag alone)
 //! ```
 //!
 //! A reader in another language needs only this table and the codec (JSON or
@@ -87,7 +89,10 @@ pub(crate) fn encode<V: serde::Serialize>(
     if value.is_none() {
         flags |= FLAG_ABSENT;
     }
-    let encryption = format.encryption.as_ref().filter(|_| value.is_some());
+    // An absent entry is sealed too (an empty payload, authenticated): a
+    // plaintext "absent" planted in a cache that encrypts would otherwise
+    // hide a key's value, and could not be told from one this cache wrote.
+    let encryption = format.encryption.as_ref();
     if encryption.is_some() {
         flags |= FLAG_ENCRYPTED;
     }
@@ -244,12 +249,6 @@ pub(crate) fn decode<V: serde::de::DeserializeOwned>(
         load_duration,
         tags,
     };
-    if flags & FLAG_ABSENT != 0 {
-        if r.at != bytes.len() || flags & FLAG_ENCRYPTED != 0 {
-            return Err("an absent entry with a payload".into());
-        }
-        return Ok(Decoded { meta, value: None });
-    }
     let payload = if flags & FLAG_ENCRYPTED != 0 {
         let enc = format
             .encryption
@@ -271,6 +270,12 @@ pub(crate) fn decode<V: serde::de::DeserializeOwned>(
         }
         bytes[r.at..].to_vec()
     };
+    if flags & FLAG_ABSENT != 0 {
+        if !payload.is_empty() || compression != codec::COMPRESSION_NONE {
+            return Err("an absent entry with a payload".into());
+        }
+        return Ok(Decoded { meta, value: None });
+    }
     if payload.len() > format.max_value_bytes {
         return Err(format!("payload of {} bytes", payload.len()));
     }
@@ -331,6 +336,34 @@ mod tests {
             bad[i] ^= 0x40;
             assert!(decode::<String>(&bad, &f, "k").is_err(), "flip {i}");
         }
+    }
+
+    #[test]
+    fn an_absent_entry_is_sealed_in_a_cache_that_encrypts() {
+        let f = format(Compression::None, Some(Encryption::new(1, [9; 32])));
+        let bytes = encode::<String>(&meta(), None, &f, "k").unwrap();
+        let back: Decoded<String> = decode(&bytes, &f, "k").unwrap();
+        assert_eq!((back.meta, back.value), (meta(), None));
+        // Moved to another key, or its version or times edited: refused.
+        assert!(decode::<String>(&bytes, &f, "other").is_err());
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(decode::<String>(&bad, &f, "k").is_err(), "flip {i}");
+        }
+        // A plaintext "absent", as a cache without the key would write it:
+        // refused where encryption is required, read where it is not.
+        let plain = format(Compression::None, None);
+        let planted = encode::<String>(&meta(), None, &plain, "k").unwrap();
+        assert!(decode::<String>(&planted, &f, "k").is_err());
+        assert!(decode::<String>(&planted, &plain, "k")
+            .unwrap()
+            .value
+            .is_none());
+        // A plaintext absent entry with a payload after it: refused.
+        let mut padded = planted.clone();
+        padded.push(0);
+        assert!(decode::<String>(&padded, &plain, "k").is_err());
     }
 
     #[test]

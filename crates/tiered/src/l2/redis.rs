@@ -37,10 +37,23 @@ local function older(a, b)
 end
 ";
 
+/// The string at a key, or `false` if there is none — or if the key holds
+/// another type (a hash another program wrote there): `GET` would raise
+/// WRONGTYPE, failing the script on every attempt, and a kept write would
+/// then be replayed for ever. Reads see such a key as a miss (`MGET` gives
+/// nil), so the scripts treat it as absent, and a write replaces it.
+const ENTRY: &str = r"
+local function entry(k)
+  local v = redis.pcall('GET', k)
+  if type(v) == 'string' then return v end
+  return false
+end
+";
+
 /// KEYS[1]; ARGV: value, ttl ms, version (8 bytes). Stores unless a valid
 /// envelope with the same or a newer version is there.
 const SET_IF_NEWER: &str = r"
-local cur = redis.call('GET', KEYS[1])
+local cur = entry(KEYS[1])
 if cur and string.len(cur) >= 9 and string.byte(cur, 1) == 1
    and not older(string.sub(cur, 2, 9), ARGV[3]) then
   return 0
@@ -51,7 +64,7 @@ return 1
 
 /// KEYS[1]; ARGV: value, ttl ms, expected version (8 bytes, or empty: absent).
 const COMPARE_AND_SET: &str = r"
-local cur = redis.call('GET', KEYS[1])
+local cur = entry(KEYS[1])
 if ARGV[3] == '' then
   if cur then return 0 end
 elseif not cur or string.sub(cur, 2, 9) ~= ARGV[3] or string.byte(cur, 1) ~= 1 then
@@ -89,7 +102,7 @@ return redis.call('DEL', KEYS[2])
 /// -1: lease lost; 0: an equal or newer version is there; 1: stored.
 const SET_IF_LEASED: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[4] then return -1 end
-local cur = redis.call('GET', KEYS[1])
+local cur = entry(KEYS[1])
 if cur and string.len(cur) >= 9 and string.byte(cur, 1) == 1
    and not older(string.sub(cur, 2, 9), ARGV[3]) then
   return 0
@@ -100,7 +113,7 @@ return 1
 
 /// KEYS[1]; ARGV: version (8 bytes).
 const DELETE_VERSION: &str = r"
-local cur = redis.call('GET', KEYS[1])
+local cur = entry(KEYS[1])
 if cur and string.byte(cur, 1) == 1 and string.sub(cur, 2, 9) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -266,14 +279,14 @@ impl RedisL2Builder {
             connect_timeout: self.connect_timeout,
             conn: OnceCell::new(),
             blocking: parking_lot::Mutex::new(None),
-            set_if_newer: Script::new(&format!("{OLDER}{SET_IF_NEWER}")),
-            compare_and_set: Script::new(COMPARE_AND_SET),
-            delete_version: Script::new(DELETE_VERSION),
+            set_if_newer: Script::new(&format!("{ENTRY}{OLDER}{SET_IF_NEWER}")),
+            compare_and_set: Script::new(&format!("{ENTRY}{COMPARE_AND_SET}")),
+            delete_version: Script::new(&format!("{ENTRY}{DELETE_VERSION}")),
             incr: Script::new(INCR),
             lease_acquire: Script::new(LEASE_ACQUIRE),
             lease_renew: Script::new(LEASE_RENEW),
             lease_release: Script::new(LEASE_RELEASE),
-            set_if_leased: Script::new(&format!("{OLDER}{SET_IF_LEASED}")),
+            set_if_leased: Script::new(&format!("{ENTRY}{OLDER}{SET_IF_LEASED}")),
         })
     }
 }

@@ -21,7 +21,7 @@ use super::envelope::{self, Decoded, Format, Meta};
 use super::layout::Layout;
 use super::pending::{Op, Pending};
 use super::{L2Config, L2Error, L2Write, L2};
-use crate::clock::Clock;
+use crate::clock::{Clock, MAX_PEER_AHEAD};
 use crate::metrics::L2Handles;
 use crate::stats::Counter;
 
@@ -291,7 +291,7 @@ impl Tier {
                 {
                     return None;
                 }
-                match envelope::decode::<V>(&bytes, &self.format, &redis_key) {
+                match self.decode_at(&bytes, &redis_key) {
                     Ok(decoded) => Some(decoded),
                     Err(reason) => {
                         self.bad_data(&redis_key, &reason);
@@ -609,10 +609,36 @@ impl Tier {
         }
     }
 
+    /// Decodes an envelope read from `redis_key`, refusing one created or
+    /// versioned further ahead of this clock than [`MAX_PEER_AHEAD`]. Versions
+    /// are clock readings too, so such an entry comes from a broken clock or
+    /// damaged bytes, and trusted it would stay: a version near `u64::MAX`
+    /// makes every later write of the key lose the version check, and a
+    /// `created` in the future escapes every invalidation made before it.
+    /// Refused, it is bad data (deleted, a miss) like any other.
+    fn decode_at<V: crate::Value>(
+        &self,
+        bytes: &[u8],
+        redis_key: &str,
+    ) -> Result<Decoded<V>, String> {
+        let decoded = envelope::decode::<V>(bytes, &self.format, redis_key)?;
+        let limit = self.clock.now().saturating_add(MAX_PEER_AHEAD);
+        if decoded.meta.version > limit.as_nanos() {
+            return Err(format!(
+                "version {} is ahead of the clock",
+                decoded.meta.version
+            ));
+        }
+        if decoded.meta.created > limit {
+            return Err("created ahead of the clock".into());
+        }
+        Ok(decoded)
+    }
+
     /// Decodes the entry at `key` directly (for the utilities).
     pub(crate) fn decode<V: crate::Value>(&self, key: &str, bytes: &[u8]) -> Option<Decoded<V>> {
         let redis_key = self.layout.entry(key);
-        match envelope::decode::<V>(bytes, &self.format, &redis_key) {
+        match self.decode_at(bytes, &redis_key) {
             Ok(d) => Some(d),
             Err(reason) => {
                 self.bad_data(&redis_key, &reason);
