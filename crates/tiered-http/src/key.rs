@@ -133,14 +133,18 @@ fn escape(tenant: &str) -> String {
 }
 
 fn normalize_host(authority: &str, scheme: &str) -> Option<String> {
-    // Drop userinfo; it never belongs in a key.
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
     // A '/', '?' or '#' cannot be part of a host (RFC 3986 §3.2.2) and would
-    // read as the start of the path, query or fragment in the key.
+    // read as the start of the path, query or fragment in the key. Userinfo
+    // ('@') has no place in an http(s) authority (RFC 9110 §4.2.4) and is
+    // not dropped but refused: `Host: evil.test\@example.com` would
+    // otherwise be keyed as `example.com` while the origin sees the whole
+    // value, and a page that echoes its Host into links (browsers read
+    // `evil.test` as the host, stopping at the '\') would be stored for
+    // every visitor. So is '\', for the same reason.
     if authority.is_empty()
         || authority
             .bytes()
-            .any(|b| b.is_ascii_control() || matches!(b, b' ' | b'/' | b'?' | b'#'))
+            .any(|b| b.is_ascii_control() || matches!(b, b' ' | b'/' | b'?' | b'#' | b'@' | b'\\'))
     {
         return None;
     }
@@ -392,7 +396,17 @@ mod tests {
             "dot segments kept"
         );
         assert!(key("/p", None).is_none(), "no host, no key");
-        for bad in ["a?b", "a#b", "a/b", "a b"] {
+        // Userinfo (and a backslash, where browsers end a host) is refused, not
+        // dropped: the origin would see a Host the key does not.
+        for bad in [
+            "a?b",
+            "a#b",
+            "a/b",
+            "a b",
+            "user@h",
+            "evil.test\\@h",
+            "evil\\h",
+        ] {
             assert!(key("/p", Some(bad)).is_none(), "{bad}: not a host");
         }
         assert_eq!(key("/%zz%4", Some("h")).unwrap(), "r||http://h/%zz%4");

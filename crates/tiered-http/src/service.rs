@@ -373,8 +373,21 @@ impl Shared {
                 Counters::bump(&self.counters.coalesced);
                 let waited = tokio::time::timeout(WAIT_LIMIT, flight::wait(rx)).await;
                 if let Ok(Outcome::Stored(stored, stored_key)) = waited {
-                    if stored_key == variant_key(&primary, &stored, req.headers()) {
-                        let now = self.now_ms();
+                    // Shared only as a hit would be: the right variant, and
+                    // usable without revalidation for this request. A
+                    // response stored to be revalidated on every use
+                    // (`no-cache`, or no lifetime, as a cookie-dependent page
+                    // with only an ETag gets) must go to the origin with this
+                    // request's own headers, or one user's page reaches
+                    // another.
+                    let now = self.now_ms();
+                    let rules = RequestRules::from_headers(req.headers());
+                    let purged = self
+                        .soft_purged(&primary, &stored.tags, stored.request_time)
+                        .await;
+                    if stored_key == variant_key(&primary, &stored, req.headers())
+                        && matches!(stored.freshness(now, purged).reuse(&rules), Reuse::Fresh)
+                    {
                         let status = CacheStatus {
                             fwd: Some(fwd),
                             collapsed: true,

@@ -210,6 +210,43 @@ async fn coalesced_waiters_never_receive_a_private_response() {
     assert_eq!(h.origin.count(), 4, "each waiter went to the origin itself");
 }
 
+/// A response stored to be revalidated on every use (`no-cache`, or no
+/// lifetime at all: a cookie-dependent page with only an ETag) is not handed
+/// to coalesced waiters: each goes to the origin with its own cookie.
+#[tokio::test]
+async fn coalesced_waiters_never_receive_a_response_that_needs_revalidation() {
+    for headers in [
+        &[("cache-control", "no-cache"), ("etag", "\"x\"")][..],
+        &[("etag", "\"x\"")][..],
+    ] {
+        let mut origin = Origin::new(move |seen, _| {
+            let user = seen
+                .headers
+                .get("cookie")
+                .map_or("nobody", |v| v.to_str().unwrap())
+                .to_owned();
+            Ok(response(200, headers, &user))
+        });
+        origin.delay = Duration::from_millis(50);
+        let h = harness(origin, |b| b);
+        let users = ["a", "b", "c", "d"];
+        let results = futures_util::future::join_all(users.iter().map(|u| {
+            let cookie = format!("user={u}");
+            let h = &h;
+            async move { h.send("GET", "/inbox", &[("cookie", &cookie)]).await }
+        }))
+        .await;
+        for (user, got) in users.iter().zip(&results) {
+            assert_eq!(
+                String::from_utf8_lossy(&got.body),
+                format!("user={user}"),
+                "{headers:?}"
+            );
+        }
+        assert_eq!(h.origin.count(), 4, "{headers:?}: each went to the origin");
+    }
+}
+
 #[tokio::test]
 async fn coalesced_waiters_share_a_public_response() {
     let mut origin =
