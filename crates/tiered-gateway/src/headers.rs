@@ -20,8 +20,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop fields, including every field the `Connection` header
-/// names. `Transfer-Encoding` is left to hyper, which owns message framing
-/// (it never forwards the field itself; it re-frames the body).
+/// names — except `Host` and `Content-Length`, which describe the message,
+/// not the connection. hyper fills both in again from the request line and
+/// the body it framed, so removing them would only hide them from the cache
+/// layer: `Connection: content-length` on a GET with a body made it look
+/// bodiless and cacheable while the origin still got the body, and
+/// `Connection: host` let the origin see another host than the key.
+/// `Transfer-Encoding` is left to hyper, which owns message framing (it never
+/// forwards the field itself; it re-frames the body).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none of these: one pass over the names (compares,
     // no hashing) spares the removals below on every request and response.
@@ -38,6 +44,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
             .collect();
         for name in named {
             headers.remove(name);
@@ -70,10 +77,12 @@ pub struct ClientAddr(pub IpAddr);
 /// Sets `X-Forwarded-For` (appending the client to a chain the client
 /// sent), `X-Forwarded-Proto` and `X-Forwarded-Host`.
 ///
-/// The cache layer removes client-sent `X-Forwarded-*` from cacheable
-/// requests (they are unkeyed inputs a client could poison a shared entry
-/// with), so for those the chain starts at this hop; pass-through requests
-/// keep the client's chain, as a proxy in a chain should.
+/// The cache layer removes client-sent `X-Forwarded-Host`, `-Proto` and the
+/// like from cacheable requests (unkeyed inputs a client could poison a
+/// shared entry with), so for those the values set here are the only ones.
+/// `X-Forwarded-For` is kept, with this hop's client appended, as a proxy in
+/// a chain should: only its last entry is this gateway's word; the ones
+/// before it are whatever the client (or a proxy in front) sent.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: Option<ClientAddr>,
@@ -83,10 +92,19 @@ pub fn add_forwarded(
     static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
     if let Some(ClientAddr(ip)) = client {
-        let chain = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-            _ => ip.to_string(),
-        };
+        // Every line of the chain, in order (a proxy in front may have added
+        // its own line after the client's): one of them dropped would lose
+        // the hop that proxy vouches for.
+        let mut chain: Vec<&str> = headers
+            .get_all(&XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let ip = ip.to_string();
+        chain.push(&ip);
+        let chain = chain.join(", ");
         if let Ok(v) = HeaderValue::from_str(&chain) {
             headers.insert(XFF.clone(), v);
         }
@@ -116,6 +134,39 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::CACHE_CONTROL));
+    }
+
+    #[test]
+    fn host_and_content_length_are_kept_even_when_connection_names_them() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("content-length, Host, x-hop"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("api.test"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::HOST], "api.test");
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
+        assert!(!h.contains_key("x-hop"));
+        assert!(!h.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept_in_order() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.0.0.2, 10.0.0.3"),
+        );
+        add_forwarded(&mut h, Some(ClientAddr([127, 0, 0, 1].into())), None);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
     }
 
     #[test]
