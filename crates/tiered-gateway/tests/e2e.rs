@@ -217,6 +217,45 @@ async fn admin_api_requires_the_token() {
     assert_eq!(q.status(), 200, "{:?}", q.body());
 }
 
+/// The admin API refuses before it reads: a caller without the token gets
+/// its 401 at once, not after the server has buffered the body it announced.
+/// Bad purges are refused with a reason and change nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_refuses_before_reading_and_names_what_is_wrong() {
+    let (origin, _) = counting_origin().await;
+    let gw = Gateway::start(&origin.url(), &[]).await;
+    let mut s = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    s.write_all(b"POST /purge HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 401");
+
+    let too_big = format!("{{\"tag\":\"{}\"}}", "x".repeat(100_000));
+    assert_eq!(gw.admin_post("/purge", &too_big).await.status(), 413);
+    let both = gw.admin_post("/purge?mode=soft", r#"{"tag":"t"}"#).await;
+    assert_eq!(both.status(), 400, "{:?}", both.body());
+    for tag in ["", "a b", "a,b"] {
+        let res = gw
+            .admin_post("/purge", &format!("{{\"tag\":\"{tag}\"}}"))
+            .await;
+        assert_eq!(res.status(), 400, "{tag:?}: {:?}", res.body());
+        assert!(
+            String::from_utf8_lossy(res.body()).contains("not a tag"),
+            "{:?}",
+            res.body()
+        );
+    }
+    assert_eq!(
+        gw.admin_post("/purge", r#"{"tag":"t"}"#).await.status(),
+        200
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_headers_limits_and_framing() {
     let origin = Origin::start(|_| respond(200, &[("cache-control", "no-store")], "ok")).await;

@@ -62,6 +62,10 @@ pub enum PurgeError {
     /// A soft purge by prefix must end at a path segment (`/`).
     #[error("a soft purge by prefix must end with '/': {0}")]
     SoftPrefix(String),
+    /// A tag no response can carry: empty, or holding a space, comma or tab
+    /// (the separators of `Surrogate-Key` and `Cache-Tag`).
+    #[error("not a tag a response can carry (empty, or with a space, comma or tab): {0:?}")]
+    BadTag(String),
     /// The engine refused (bad tag, key too long, L2 unreachable for a pattern).
     #[error(transparent)]
     Cache(#[from] tiered::Error),
@@ -357,8 +361,14 @@ impl CacheLayer {
     ///
     /// # Errors
     ///
-    /// [`PurgeError::Cache`] for an empty or too long tag.
+    /// [`PurgeError::BadTag`] for a tag no response can carry (empty, or
+    /// holding a separator), [`PurgeError::Cache`] for a too long one.
     pub async fn purge_tag(&self, tag: &str, mode: PurgeMode) -> Result<(), PurgeError> {
+        // Tags are read from headers split at these: a purge of one holding
+        // a separator would succeed and never match anything.
+        if tag.is_empty() || tag.contains([' ', ',', '\t']) {
+            return Err(PurgeError::BadTag(tag.to_owned()));
+        }
         let tag = engine_tag(tag);
         match mode {
             PurgeMode::Hard => self.shared.cache.invalidate_tag(&tag)?,

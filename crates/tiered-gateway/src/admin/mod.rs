@@ -376,9 +376,14 @@ struct PurgeDone {
     mode: &'static str,
 }
 
-/// Parameters from a JSON body, or else from the query string.
+/// Parameters from a JSON body or from the query string, not both (one would
+/// silently override the other: `?mode=soft` with a JSON body was a hard
+/// purge).
 fn params<T: Default + for<'de> Deserialize<'de>>(uri: &Uri, body: &[u8]) -> Result<T, String> {
     if !body.iter().all(u8::is_ascii_whitespace) {
+        if uri.query().is_some_and(|q| !q.is_empty()) {
+            return Err("give the parameters as a JSON body or as a query string, not both".into());
+        }
         return serde_json::from_slice(body).map_err(|e| format!("bad JSON body: {e}"));
     }
     if uri.query().is_none() {
@@ -389,25 +394,49 @@ fn params<T: Default + for<'de> Deserialize<'de>>(uri: &Uri, body: &[u8]) -> Res
         .map_err(|e| format!("bad query string: {e}"))
 }
 
-/// The parameters of an authorized POST, or the response refusing it.
+/// The most a POST's parameters may weigh.
+const MAX_BODY: usize = 64 << 10;
+/// How long a POST's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The parameters of an authorized POST, or the response refusing it. The
+/// body is read only once the caller is authorized, bounded in size and time:
+/// read first, any caller could make the server hold megabytes per request,
+/// trickled in for as long as it liked.
 #[allow(clippy::result_large_err)]
-fn authorized_params<T: Default + for<'de> Deserialize<'de>>(
+async fn authorized_params<T: Default + for<'de> Deserialize<'de>>(
     gw: &Gateway,
     headers: &HeaderMap,
     uri: &Uri,
-    body: &[u8],
+    body: axum::body::Body,
 ) -> Result<T, Response> {
     authorize(gw, &Method::POST, headers)?;
-    params(uri, body).map_err(|e| fail(StatusCode::BAD_REQUEST, e))
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return Err(fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body must be at most {MAX_BODY} bytes"),
+            ))
+        }
+        Err(_) => {
+            return Err(fail(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body came too slowly",
+            ))
+        }
+    };
+    params(uri, &body).map_err(|e| fail(StatusCode::BAD_REQUEST, e))
 }
 
 async fn purge(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     uri: Uri,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let req: PurgeRequest = match authorized_params(&gw, &headers, &uri, &body) {
+    let req: PurgeRequest = match authorized_params(&gw, &headers, &uri, body).await {
         Ok(r) => r,
         Err(res) => return res,
     };
@@ -461,6 +490,11 @@ async fn purge(
             })
             .into_response()
         }
+        // The request was fine; the cache could not carry it out (L2
+        // unreachable, say), perhaps after a part was done: worth a retry.
+        Err(e @ tiered_http::PurgeError::Cache(tiered::Error::L2(_))) => {
+            fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
         Err(e) => fail(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
@@ -475,9 +509,9 @@ async fn flush(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     uri: Uri,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let req: FlushRequest = match authorized_params(&gw, &headers, &uri, &body) {
+    let req: FlushRequest = match authorized_params(&gw, &headers, &uri, body).await {
         Ok(r) => r,
         Err(res) => return res,
     };
