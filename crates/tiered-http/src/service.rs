@@ -151,6 +151,11 @@ struct Fetched {
     request_time: Duration,
     response_time: Duration,
     ttl_override: Option<Duration>,
+    /// The purge tags of the stored response a 304 updated: the 304 rarely
+    /// repeats them, and the stored headers lack them unless tags are
+    /// exposed, so without these a revalidated entry fell out of reach of
+    /// every purge by tag.
+    kept_tags: Vec<String>,
 }
 
 enum Lookup {
@@ -438,6 +443,7 @@ impl Shared {
                     request_time,
                     response_time,
                     ttl_override,
+                    kept_tags: Vec::new(),
                 };
                 return self.store_or_pass(res, &client, primary, leader, how).await;
             }
@@ -468,6 +474,7 @@ impl Shared {
                     request_time,
                     response_time,
                     ttl_override,
+                    kept_tags: stale.tags.clone(),
                 };
                 return self
                     .store_or_pass(response, &client, primary, leader, how)
@@ -480,6 +487,7 @@ impl Shared {
             request_time,
             response_time,
             ttl_override,
+            kept_tags: Vec::new(),
         };
         self.store_or_pass(res, &client, primary, leader, how).await
     }
@@ -503,6 +511,7 @@ impl Shared {
             request_time,
             response_time,
             ttl_override,
+            kept_tags,
         } = how;
         let (parts, res_body) = res.into_parts();
         let fwd_status = if revalidated {
@@ -565,7 +574,12 @@ impl Shared {
                 ));
             }
         };
-        let tags = self.tags_of(&parts.headers);
+        let mut tags = self.tags_of(&parts.headers);
+        for tag in kept_tags {
+            if tags.len() < tiered::MAX_TAGS - 1 && !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
         let vary: Vec<HeaderName> = key::vary_names(&parts.headers);
         let drop_fields: Vec<HeaderName> = if self.expose_tags {
             Vec::new()
