@@ -15,6 +15,7 @@ use super::stream::{StreamOptions, StreamQueue};
 use super::wal::{Wal, WalOptions};
 use super::{DeadLetter, ShutdownReport, WriteError, WriteOptions};
 use crate::cache::Cache;
+use crate::clock::MAX_PEER_AHEAD;
 use crate::key::validate_key;
 use crate::l2::Codec;
 use crate::options::validate_tag;
@@ -29,10 +30,6 @@ use crate::Value;
 /// acknowledged ~20% more (`write-paths`, BENCHMARKS.md). The cost is
 /// ~40 bytes a stripe, ~160 KiB a writer.
 const STRIPES: usize = 4096;
-
-/// How far ahead of this clock the highest version recovered from a queue may
-/// be and still be continued from (see [`version_floor`]).
-const MAX_RECOVERED_AHEAD: Duration = Duration::from_secs(60);
 
 /// The largest encoded value a write-behind record may carry.
 pub const MAX_QUEUED_VALUE_BYTES: usize = 64 << 20;
@@ -598,7 +595,7 @@ impl<V: Value> Writer<V> {
 /// lasts. Such a version is ignored: new writes go by the clock. The record
 /// that carried it still flushes as it is; only its own key is affected.
 fn version_floor(recovered: u64, now: crate::Timestamp) -> u64 {
-    let bound = now.saturating_add(MAX_RECOVERED_AHEAD).as_nanos();
+    let bound = now.saturating_add(MAX_PEER_AHEAD).as_nanos();
     if recovered <= bound {
         return recovered;
     }
